@@ -1,0 +1,1 @@
+//! The Grain Sequence Format (`application/x-gsf`), the binary container of `mediagrains`.

@@ -1,0 +1,1 @@
+//! Binding, serving and graceful shutdown.
