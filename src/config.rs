@@ -1,1 +1,244 @@
-//! The service's configuration.
+//! The service's configuration: `config/default.toml`, then an optional `--config FILE`,
+//! then `GRAINSTORE__SECTION__KEY` environment variables, then command-line flags.
+//!
+//! The defaults are compiled into the binary so that it runs from any directory; the
+//! file in the repository is the documented copy of the same text.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The compiled-in defaults; every key is documented there.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a key has an unknown name or a wrong type.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Value {
+        /// The dotted key, e.g. `storage.backend`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole configuration of a running service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how the HTTP server listens.
+    pub server: ServerConfig,
+    /// Where grains are stored.
+    pub storage: StorageConfig,
+    /// How the service logs.
+    pub log: LogConfig,
+}
+
+/// The `[server]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// How long graceful shutdown waits for in-flight requests, in milliseconds.
+    pub shutdown_deadline_ms: u64,
+}
+
+impl ServerConfig {
+    /// The graceful-shutdown deadline.
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_millis(self.shutdown_deadline_ms)
+    }
+}
+
+/// Which store backend holds the grains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Files under `data_dir`, no server needed.
+    Embedded,
+}
+
+/// The `[storage]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Which backend.
+    pub backend: Backend,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// A tracing filter directive.
+    pub filter: String,
+}
+
+/// Values from the command line that take precedence over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the defaults, then `file` if given, then the process environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars(), overrides)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("GRAINSTORE__"))
+            .collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("GRAINSTORE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        if let Some(listen) = overrides.listen {
+            builder = builder.set_override("server.listen", listen.to_string())?;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            builder = builder.set_override("storage.data_dir", dir.to_string_lossy().as_ref())?;
+        }
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(ConfigError::Value {
+                key: "log.filter",
+                reason: format!("{:?} is not a tracing filter", self.log.filter),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let config = Config::load_from(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.storage.backend, Backend::Embedded);
+        assert_eq!(config.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn environment_then_flags_override() {
+        let vars = env(&[
+            ("GRAINSTORE__SERVER__LISTEN", "0.0.0.0:9000"),
+            ("GRAINSTORE__STORAGE__DATA_DIR", "/srv/a"),
+            ("GRAINSTORE__SERVER__SHUTDOWN_DEADLINE_MS", "250"),
+        ]);
+        let config = Config::load_from(None, vars.clone(), &Overrides::default()).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.server.shutdown_deadline(), Duration::from_millis(250));
+        let flags = Overrides {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("/srv/b".into()),
+        };
+        let config = Config::load_from(None, vars, &flags).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(config.storage.data_dir, PathBuf::from("/srv/b"));
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[log]\nformat = \"json\"\n").unwrap();
+        let config = Config::load_from(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load_from(
+            None,
+            env(&[("GRAINSTORE__SERVER__LISTEN", "not-an-address")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[("GRAINSTORE__STORAGE__BACKEND", "floppy")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.backend"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[("GRAINSTORE__SERVER__LISTN", "1.2.3.4:5")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_from(
+            Some(Path::new("/nonexistent/grainstore.toml")),
+            env(&[]),
+            &Overrides::default(),
+        );
+        assert!(err.is_err());
+    }
+}
