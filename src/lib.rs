@@ -16,4 +16,5 @@ pub mod config;
 pub mod grain;
 pub mod gsf;
 pub mod server;
+pub mod store;
 pub mod time;

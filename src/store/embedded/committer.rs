@@ -1,0 +1,482 @@
+//! The committer thread: the only writer of the embedded store.
+//!
+//! Jobs arrive on a channel; the thread takes every job waiting (up to a bound), runs
+//! them in one redb write transaction, makes appended segment bytes durable, commits,
+//! and answers each job. Many concurrent writers thus share one `fdatasync` and one
+//! index commit (group commit), and the segment appender needs no lock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use redb::{ReadableTable, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::record::{self, Location};
+use super::segments::Appender;
+use super::{FLOWS, GRAINS, SEGMENTS, SOURCES, Shared, corrupt, engine, key_range, load_grain};
+use crate::grain::Grain;
+use crate::store::{
+    BatchOutcome, BatchResult, Flow, FlowId, Order, PutOutcome, Source, StoreError, now_rfc3339,
+};
+use crate::time::{TimeRange, Timestamp};
+
+/// The most jobs one transaction takes, so one group's latency stays bounded.
+const MAX_GROUP: usize = 256;
+
+/// A mutation for the committer.
+pub enum Job {
+    /// Store grains of one flow.
+    CommitGrains {
+        /// The flow (checked to exist and be writable in the transaction).
+        flow: FlowId,
+        /// The grains, in the order written.
+        grains: Vec<Grain>,
+    },
+    /// Create or replace a flow.
+    PutFlow(Box<Flow>),
+    /// Delete a flow and its grains.
+    DeleteFlow(FlowId),
+    /// Delete a flow's grains in a range.
+    DeleteGrains {
+        /// The flow.
+        flow: FlowId,
+        /// The range of origin timestamps.
+        range: TimeRange,
+    },
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Reply {
+    /// A batch's result.
+    Batch(BatchResult),
+    /// A put's result.
+    Put(PutOutcome),
+    /// How many things a delete removed.
+    Count(u64),
+}
+
+impl Reply {
+    pub fn into_batch(self) -> BatchResult {
+        match self {
+            Reply::Batch(b) => b,
+            _ => unreachable!("a grain commit always answers with a batch result"),
+        }
+    }
+
+    pub fn into_put(self) -> PutOutcome {
+        match self {
+            Reply::Put(p) => p,
+            _ => unreachable!("a put always answers with a put outcome"),
+        }
+    }
+
+    pub fn into_count(self) -> u64 {
+        match self {
+            Reply::Count(c) => c,
+            _ => unreachable!("a delete always answers with a count"),
+        }
+    }
+}
+
+struct Request {
+    job: Job,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// A handle to the committer thread; the thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    /// Starts the thread. `active` is the segment to keep appending to, if any.
+    pub fn start(
+        shared: Arc<Shared>,
+        active: Option<(u64, u64)>,
+        next_segment: u64,
+    ) -> Result<Committer, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let appender = match active {
+            Some((id, len)) => Some(shared.segments.appender(id, len)?),
+            None => None,
+        };
+        let mut state = State {
+            shared,
+            appender,
+            next_segment,
+            scratch: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name("grainstore-committer".into())
+            .spawn(move || state.run(rx))?;
+        Ok(Committer { jobs: tx })
+    }
+
+    /// Runs a job and waits for its durable completion.
+    pub async fn run(&self, job: Job) -> Result<Reply, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Request { job, reply })
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the committer stopped during a commit".into()))?
+    }
+}
+
+struct State {
+    shared: Arc<Shared>,
+    appender: Option<Appender>,
+    next_segment: u64,
+    /// Reused buffer for encoding index records.
+    scratch: Vec<u8>,
+}
+
+/// Per-transaction bookkeeping.
+#[derive(Default)]
+struct Group {
+    /// Segment id → signed change of live bytes.
+    live_delta: BTreeMap<u64, i64>,
+    /// Segment id → new committed length (segments appended to).
+    lengths: BTreeMap<u64, u64>,
+    /// Segments left with nothing live, to unlink once no snapshot can read them.
+    dead: Vec<u64>,
+    /// Flows whose grains changed, to wake their watchers.
+    touched: HashSet<FlowId>,
+    /// The creation timestamp given to grains that have none.
+    now: Option<Timestamp>,
+}
+
+impl State {
+    fn run(&mut self, jobs: mpsc::Receiver<Request>) {
+        loop {
+            let first = match jobs.recv_timeout(Duration::from_secs(1)) {
+                Ok(request) => request,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.reclaim();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_GROUP {
+                match jobs.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(batch);
+            self.reclaim();
+        }
+        if let Some(appender) = self.appender.take() {
+            if let Err(e) = appender.finish() {
+                tracing::error!(error = %e, "closing the active segment failed");
+            }
+        }
+    }
+
+    fn commit_group(&mut self, requests: Vec<Request>) {
+        let committed_len = self.appender.as_ref().map(|a| (a.id(), a.len()));
+        let mut group = Group::default();
+        let result = (|| -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+            let txn = self.shared.db.begin_write().map_err(engine)?;
+            let mut replies = Vec::with_capacity(requests.len());
+            for request in &requests {
+                replies.push(self.apply(&txn, &mut group, &request.job)?);
+            }
+            if let Some(appender) = self.appender.as_mut() {
+                appender.sync()?;
+            }
+            self.account_segments(&txn, &mut group)?;
+            txn.commit().map_err(engine)?;
+            Ok(replies)
+        })();
+        match result {
+            Ok(replies) => {
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    let _ = request.reply.send(reply);
+                }
+                for flow in &group.touched {
+                    self.shared.notifier.notify(*flow);
+                }
+                // Parked only after the commit: a failed commit must not lose segments.
+                self.shared.reclaimer.retire(group.dead);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the group is rolled back");
+                if let (Some(appender), Some((id, len))) = (self.appender.as_mut(), committed_len) {
+                    if appender.id() == id {
+                        if let Err(e) = appender.rewind(len) {
+                            tracing::error!(error = %e, segment = id, "cannot rewind the segment; closing it");
+                            self.appender = None;
+                        }
+                    }
+                }
+                let message = e.to_string();
+                for request in requests {
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Applies one job inside the transaction. An `Err` aborts the whole group (an engine
+    /// or I/O failure); a job's own refusal is an `Ok(Err(..))`.
+    fn apply(
+        &mut self,
+        txn: &WriteTransaction,
+        group: &mut Group,
+        job: &Job,
+    ) -> Result<Result<Reply, StoreError>, StoreError> {
+        match job {
+            Job::CommitGrains { flow, grains } => self.commit_grains(txn, group, *flow, grains),
+            Job::PutFlow(flow) => put_flow(txn, flow).map(|r| r.map(Reply::Put)),
+            Job::DeleteFlow(flow) => {
+                let flows = txn.open_table(FLOWS).map_err(engine)?;
+                let existed = flows.get(flow.as_u128()).map_err(engine)?.is_some();
+                drop(flows);
+                if !existed {
+                    return Ok(Ok(Reply::Count(0)));
+                }
+                delete_range(txn, group, *flow, &TimeRange::eternity())?;
+                txn.open_table(FLOWS)
+                    .map_err(engine)?
+                    .remove(flow.as_u128())
+                    .map_err(engine)?;
+                Ok(Ok(Reply::Count(1)))
+            }
+            Job::DeleteGrains { flow, range } => {
+                if let Err(refusal) = check_writable(txn, *flow)? {
+                    return Ok(Err(refusal));
+                }
+                delete_range(txn, group, *flow, range).map(|n| Ok(Reply::Count(n)))
+            }
+        }
+    }
+
+    fn commit_grains(
+        &mut self,
+        txn: &WriteTransaction,
+        group: &mut Group,
+        flow: FlowId,
+        grains: &[Grain],
+    ) -> Result<Result<Reply, StoreError>, StoreError> {
+        if let Err(refusal) = check_writable(txn, flow)? {
+            return Ok(Err(refusal));
+        }
+        let mut table = txn.open_table(GRAINS).map_err(engine)?;
+        let mut outcome = BatchOutcome::default();
+        let mut conflict = None;
+        for grain in grains {
+            let timestamp = grain.origin_timestamp();
+            let key = (flow.as_u128(), timestamp.to_nanos());
+            let stored = match table.get(key).map_err(engine)? {
+                Some(existing) => {
+                    Some(load_grain(&self.shared, timestamp, existing.value(), true)?)
+                }
+                None => None,
+            };
+            if let Some(stored) = stored {
+                if stored.same_identity(grain) {
+                    outcome.unchanged += 1;
+                    continue;
+                }
+                conflict = Some(timestamp);
+                break;
+            }
+            let payload = grain.payload();
+            let location = if payload.len() <= self.shared.inline_max {
+                Location::Inline
+            } else {
+                let appender = self.appender_for(group, payload.len() as u64)?;
+                let id = appender.id();
+                let offset = appender.append(payload)?;
+                group.lengths.insert(id, appender.len());
+                *group.live_delta.entry(id).or_default() += payload.len() as i64;
+                Location::Segment { id, offset }
+            };
+            self.scratch.clear();
+            if grain.creation_timestamp().is_some() {
+                record::encode(grain, location, &mut self.scratch);
+            } else {
+                let mut grain = grain.clone();
+                grain.set_creation_timestamp(Some(*group.now.get_or_insert_with(Timestamp::now)));
+                record::encode(&grain, location, &mut self.scratch);
+            }
+            table.insert(key, self.scratch.as_slice()).map_err(engine)?;
+            outcome.written += 1;
+            outcome.first = Some(outcome.first.map_or(timestamp, |t| t.min(timestamp)));
+            outcome.last = Some(outcome.last.map_or(timestamp, |t| t.max(timestamp)));
+        }
+        if outcome.written > 0 {
+            group.touched.insert(flow);
+        }
+        Ok(Ok(Reply::Batch(BatchResult { outcome, conflict })))
+    }
+
+    /// The appender to use for `len` more bytes, rotating to a new segment when the
+    /// current one is full.
+    fn appender_for(&mut self, group: &mut Group, len: u64) -> Result<&mut Appender, StoreError> {
+        let full = self
+            .appender
+            .as_ref()
+            .is_some_and(|a| a.len() > 0 && a.len() + len > self.shared.segment_bytes);
+        if full {
+            if let Some(old) = self.appender.take() {
+                old.finish()?;
+            }
+        }
+        if self.appender.is_none() {
+            let id = self.next_segment;
+            self.next_segment += 1;
+            self.appender = Some(self.shared.segments.appender(id, 0)?);
+            group.lengths.insert(id, 0);
+        }
+        // Just ensured above.
+        self.appender
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("no segment to append to".into()))
+    }
+
+    /// Writes segment lengths and live bytes; segments with nothing live (and not being
+    /// appended to) are dropped from the index and parked for unlinking.
+    fn account_segments(
+        &mut self,
+        txn: &WriteTransaction,
+        group: &mut Group,
+    ) -> Result<(), StoreError> {
+        if group.lengths.is_empty() && group.live_delta.is_empty() {
+            return Ok(());
+        }
+        let active = self.appender.as_ref().map(|a| a.id());
+        let mut table = txn.open_table(SEGMENTS).map_err(engine)?;
+        let ids: HashSet<u64> = group
+            .lengths
+            .keys()
+            .chain(group.live_delta.keys())
+            .copied()
+            .collect();
+        for id in ids {
+            let (len, live) = table.get(id).map_err(engine)?.map_or((0, 0), |v| v.value());
+            let len = group.lengths.get(&id).copied().unwrap_or(len);
+            let delta = group.live_delta.get(&id).copied().unwrap_or(0);
+            let live = u64::try_from(live as i64 + delta)
+                .map_err(|_| corrupt(format!("segment {id} live bytes below zero")))?;
+            if live == 0 && Some(id) != active {
+                table.remove(id).map_err(engine)?;
+                group.dead.push(id);
+            } else {
+                table.insert(id, (len, live)).map_err(engine)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reclaim(&mut self) {
+        for id in self.shared.reclaimer.reclaimable() {
+            if let Err(e) = self.shared.segments.remove(id) {
+                tracing::warn!(error = %e, segment = id, "cannot remove an emptied segment");
+            }
+        }
+    }
+}
+
+fn check_writable(
+    txn: &WriteTransaction,
+    flow: FlowId,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let flows = txn.open_table(FLOWS).map_err(engine)?;
+    let Some(value) = flows.get(flow.as_u128()).map_err(engine)? else {
+        return Ok(Err(StoreError::FlowNotFound(flow)));
+    };
+    let stored: Flow = serde_json::from_slice(value.value()).map_err(corrupt)?;
+    if stored.read_only {
+        return Ok(Err(StoreError::ReadOnly(flow)));
+    }
+    Ok(Ok(()))
+}
+
+fn put_flow(
+    txn: &WriteTransaction,
+    flow: &Flow,
+) -> Result<Result<PutOutcome, StoreError>, StoreError> {
+    let now = now_rfc3339();
+    let mut flow = flow.clone();
+    let mut flows = txn.open_table(FLOWS).map_err(engine)?;
+    let previous: Option<Flow> = match flows.get(flow.id.as_u128()).map_err(engine)? {
+        Some(value) => Some(serde_json::from_slice(value.value()).map_err(corrupt)?),
+        None => None,
+    };
+    flow.created = Some(
+        previous
+            .as_ref()
+            .and_then(|p| p.created.clone())
+            .unwrap_or_else(|| now.clone()),
+    );
+    flow.metadata_updated = Some(now.clone());
+    let json = serde_json::to_vec(&flow).map_err(corrupt)?;
+    flows
+        .insert(flow.id.as_u128(), json.as_slice())
+        .map_err(engine)?;
+    let mut sources = txn.open_table(SOURCES).map_err(engine)?;
+    if sources
+        .get(flow.source_id.as_u128())
+        .map_err(engine)?
+        .is_none()
+    {
+        let source = Source {
+            id: flow.source_id,
+            format: flow.format,
+            label: None,
+            description: None,
+            tags: Default::default(),
+            created: Some(now.clone()),
+            updated: Some(now),
+        };
+        let json = serde_json::to_vec(&source).map_err(corrupt)?;
+        sources
+            .insert(flow.source_id.as_u128(), json.as_slice())
+            .map_err(engine)?;
+    }
+    Ok(Ok(if previous.is_some() {
+        PutOutcome::Updated
+    } else {
+        PutOutcome::Created
+    }))
+}
+
+fn delete_range(
+    txn: &WriteTransaction,
+    group: &mut Group,
+    flow: FlowId,
+    range: &TimeRange,
+) -> Result<u64, StoreError> {
+    let Some(keys) = key_range(flow.as_u128(), range, Order::Ascending, None) else {
+        return Ok(0);
+    };
+    let mut table = txn.open_table(GRAINS).map_err(engine)?;
+    let mut removed = 0;
+    let mut doomed = Vec::new();
+    for entry in table.range(keys.clone()).map_err(engine)? {
+        let (key, value) = entry.map_err(engine)?;
+        let record = record::decode(value.value())?;
+        if let Location::Segment { id, .. } = record.location {
+            *group.live_delta.entry(id).or_default() -= record.len as i64;
+        }
+        doomed.push(key.value());
+    }
+    for key in doomed {
+        table.remove(key).map_err(engine)?;
+        removed += 1;
+    }
+    if removed > 0 {
+        group.touched.insert(flow);
+    }
+    Ok(removed)
+}

@@ -1,0 +1,634 @@
+//! The embedded store: everything in one directory, no server needed.
+//!
+//! # Layout
+//!
+//! - `index.redb`: a [redb] database (a copy-on-write B-tree with checksummed,
+//!   crash-safe commits) holding flows, sources, the grain index and segment accounting.
+//!   Each grain's index entry is keyed by (flow, origin timestamp) and holds its header,
+//!   its payload checksum and, for small grains, the payload itself.
+//! - `segments/`: append-only files holding payloads larger than `inline_max`.
+//!
+//! # Why payloads are split
+//!
+//! Small payloads (event grains, compressed audio) live in the index entry: a range read
+//! is then one B-tree scan with no extra system call per grain. Large payloads (video
+//! frames) go to segment files with one `write` each, so ingest runs at the speed of the
+//! disk: putting a 1 MiB value into the B-tree would write it into freshly allocated
+//! pages and copy-on-write the path to it, while a segment append is a single sequential
+//! write. Reads of large payloads are a `pread` straight into the buffer that becomes the
+//! grain's `Bytes`.
+//!
+//! # Writes and durability
+//!
+//! One committer thread owns every write transaction. Write sessions hand it batches;
+//! it takes every batch waiting, runs them in one transaction, appends their large
+//! payloads, `fdatasync`s the segment, commits the index (redb fsyncs), and only then
+//! answers them all: concurrent writers share one pair of syncs (group commit). A crash
+//! before the index commit leaves bytes past a segment's recorded length; opening the
+//! store cuts them off.
+//!
+//! # Reads
+//!
+//! A read session is a redb read transaction: a consistent snapshot that later commits
+//! do not change. Pages are read on the blocking pool, never on the async workers.
+//! Segments emptied by deletes are unlinked once no snapshot that could read them is
+//! open ([`segments::Reclaimer`]).
+
+mod committer;
+mod record;
+mod segments;
+
+use std::ops::Bound as KeyBound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
+
+use super::{
+    BatchResult, CommitWatch, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, Notifier, Order,
+    Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool, Snapshot, Source,
+    SourceFilter, SourceId, Store, StoreError, WriteSession,
+};
+use crate::grain::Grain;
+use crate::time::{Bound, TimeRange, Timestamp};
+use committer::{Committer, Job};
+use record::Location;
+use segments::{Reclaimer, Segments};
+
+/// Grain index: (flow id, origin timestamp in ns) → record (see `record`).
+const GRAINS: TableDefinition<(u128, i128), &[u8]> = TableDefinition::new("grains");
+/// Flows: id → the flow resource as JSON.
+const FLOWS: TableDefinition<u128, &[u8]> = TableDefinition::new("flows");
+/// Sources: id → the source resource as JSON.
+const SOURCES: TableDefinition<u128, &[u8]> = TableDefinition::new("sources");
+/// Segments: id → (committed length, live bytes).
+const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// The directory holding the store.
+    pub data_dir: PathBuf,
+    /// How many sessions may be open at once.
+    pub max_sessions: usize,
+    /// How long opening a session waits for a free place.
+    pub session_wait: Duration,
+    /// Payloads up to this size are kept in the index.
+    pub inline_max: usize,
+    /// A segment file is closed for appends past this size.
+    pub segment_bytes: u64,
+}
+
+impl EmbeddedConfig {
+    /// Defaults for a store in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            max_sessions: 1024,
+            session_wait: Duration::from_millis(500),
+            inline_max: 16 << 10,
+            segment_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What the committer thread and the read paths share.
+struct Shared {
+    db: Database,
+    segments: Segments,
+    reclaimer: Reclaimer,
+    notifier: Notifier,
+    inline_max: usize,
+    segment_bytes: u64,
+}
+
+/// The embedded [`Store`].
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    committer: Committer,
+    pool: SessionPool,
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("index: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `config.data_dir`, repairing what a crash left.
+    /// Blocking: call it from a blocking context or at start-up.
+    pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = Database::create(config.data_dir.join("index.redb")).map_err(engine)?;
+        let segments = Segments::open(&config.data_dir.join("segments"))?;
+        let txn = db.begin_write().map_err(engine)?;
+        let mut known = std::collections::BTreeMap::new();
+        {
+            txn.open_table(GRAINS).map_err(engine)?;
+            txn.open_table(FLOWS).map_err(engine)?;
+            txn.open_table(SOURCES).map_err(engine)?;
+            let table = txn.open_table(SEGMENTS).map_err(engine)?;
+            for entry in table.iter().map_err(engine)? {
+                let (id, value) = entry.map_err(engine)?;
+                known.insert(id.value(), value.value());
+            }
+        }
+        txn.commit().map_err(engine)?;
+        // Files the index does not know were created by a commit that never completed;
+        // bytes past a known segment's length were appended by one.
+        for id in segments.list()? {
+            match known.get(&id) {
+                Some(&(len, _)) => segments.truncate(id, len)?,
+                None => segments.remove(id)?,
+            }
+        }
+        let active = known
+            .iter()
+            .next_back()
+            .filter(|(_, (len, _))| *len < config.segment_bytes)
+            .map(|(&id, &(len, _))| (id, len));
+        let next_segment = known.keys().next_back().map_or(0, |id| id + 1);
+        let shared = Arc::new(Shared {
+            db,
+            segments,
+            reclaimer: Reclaimer::default(),
+            notifier: Notifier::default(),
+            inline_max: config.inline_max,
+            segment_bytes: config.segment_bytes,
+        });
+        let committer = Committer::start(shared.clone(), active, next_segment)?;
+        Ok(EmbeddedStore {
+            shared,
+            committer,
+            pool: SessionPool::new(config.max_sessions, config.session_wait),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blocking task failed: {e}")))?
+    }
+
+    async fn flow_exists_writable(&self, flow: FlowId) -> Result<(), StoreError> {
+        let id = flow.as_u128();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            match read_flow(&txn, id)? {
+                None => Err(StoreError::FlowNotFound(flow)),
+                Some(f) if f.read_only => Err(StoreError::ReadOnly(flow)),
+                Some(_) => Ok(()),
+            }
+        })
+        .await
+    }
+}
+
+fn read_flow(txn: &ReadTransaction, id: u128) -> Result<Option<Flow>, StoreError> {
+    let table = txn.open_table(FLOWS).map_err(engine)?;
+    let Some(value) = table.get(id).map_err(engine)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(corrupt)
+}
+
+/// The key range of `flow`'s grains within `range`, narrowed to strictly after `resume`
+/// in `order`. `None` when nothing can match.
+fn key_range(
+    flow: u128,
+    range: &TimeRange,
+    order: Order,
+    resume: Option<Timestamp>,
+) -> Option<(KeyBound<(u128, i128)>, KeyBound<(u128, i128)>)> {
+    let (mut lo, mut hi) = match range.bounds() {
+        None => return None,
+        Some((start, end)) => (start, end),
+    };
+    if let Some(resume) = resume {
+        match order {
+            Order::Ascending => lo = tighter_start(lo, Bound::Exclusive(resume)),
+            Order::Descending => hi = tighter_end(hi, Bound::Exclusive(resume)),
+        }
+    }
+    let lo = match lo {
+        Bound::Inclusive(t) => KeyBound::Included((flow, t.to_nanos())),
+        Bound::Exclusive(t) => KeyBound::Excluded((flow, t.to_nanos())),
+        Bound::Unbounded => KeyBound::Included((flow, i128::MIN)),
+    };
+    let hi = match hi {
+        Bound::Inclusive(t) => KeyBound::Included((flow, t.to_nanos())),
+        Bound::Exclusive(t) => KeyBound::Excluded((flow, t.to_nanos())),
+        Bound::Unbounded => KeyBound::Included((flow, i128::MAX)),
+    };
+    let empty = match (&lo, &hi) {
+        (KeyBound::Included(a), KeyBound::Included(b)) => a > b,
+        (
+            KeyBound::Included(a) | KeyBound::Excluded(a),
+            KeyBound::Included(b) | KeyBound::Excluded(b),
+        ) => a >= b,
+        _ => false,
+    };
+    (!empty).then_some((lo, hi))
+}
+
+fn tighter_start(a: Bound, b: Bound) -> Bound {
+    let key = |x: &Bound| match x {
+        Bound::Unbounded => (i128::MIN, 0),
+        Bound::Inclusive(t) => (t.to_nanos(), 0),
+        Bound::Exclusive(t) => (t.to_nanos(), 1),
+    };
+    if key(&a) >= key(&b) { a } else { b }
+}
+
+fn tighter_end(a: Bound, b: Bound) -> Bound {
+    let key = |x: &Bound| match x {
+        Bound::Unbounded => (i128::MAX, 0),
+        Bound::Inclusive(t) => (t.to_nanos(), 0),
+        Bound::Exclusive(t) => (t.to_nanos(), -1),
+    };
+    if key(&a) <= key(&b) { a } else { b }
+}
+
+/// Loads a stored grain from its index record, reading and checking its payload.
+fn load_grain(
+    shared: &Shared,
+    timestamp: Timestamp,
+    raw: &[u8],
+    with_payload: bool,
+) -> Result<Grain, StoreError> {
+    let record = record::decode(raw)?;
+    let payload = if !with_payload {
+        Bytes::new()
+    } else {
+        let payload = match record.location {
+            Location::Inline => Bytes::copy_from_slice(record.inline),
+            Location::Segment { id, offset } => {
+                let len = usize::try_from(record.len).map_err(corrupt)?;
+                shared.segments.read(id, offset, len).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "payload of the grain at {timestamp} unreadable from segment {id}: {e}"
+                    ))
+                })?
+            }
+        };
+        record.verify(&payload, timestamp)?;
+        payload
+    };
+    record.grain(payload)
+}
+
+/// The flow's grain extent: first origin timestamp to the end of the last grain.
+fn flow_timerange(
+    shared: &Shared,
+    txn: &ReadTransaction,
+    flow: u128,
+) -> Result<TimeRange, StoreError> {
+    let _ = shared;
+    let table = txn.open_table(GRAINS).map_err(engine)?;
+    let range = (flow, i128::MIN)..=(flow, i128::MAX);
+    let mut iter = table.range(range).map_err(engine)?;
+    let Some(first) = iter.next() else {
+        return Ok(TimeRange::empty());
+    };
+    let (first_key, _) = first.map_err(engine)?;
+    let start = Timestamp::from_nanos(first_key.value().1).map_err(corrupt)?;
+    let (last_key, last_value) = match iter.next_back() {
+        Some(last) => last.map_err(engine)?,
+        None => {
+            let mut again = table
+                .range((flow, i128::MIN)..=(flow, i128::MAX))
+                .map_err(engine)?;
+            match again.next() {
+                Some(x) => x.map_err(engine)?,
+                None => return Ok(TimeRange::empty()),
+            }
+        }
+    };
+    let last = Timestamp::from_nanos(last_key.value().1).map_err(corrupt)?;
+    let record = record::decode(last_value.value())?;
+    Ok(match record.end.map(Timestamp::from_nanos) {
+        Some(Ok(end)) if end > last => {
+            TimeRange::new(Bound::Inclusive(start), Bound::Exclusive(end))
+        }
+        _ => TimeRange::new(Bound::Inclusive(start), Bound::Inclusive(last)),
+    })
+}
+
+/// A read session's snapshot: a redb read transaction.
+struct EmbeddedSnapshot {
+    flow: u128,
+    shared: Arc<Shared>,
+    txn: Arc<ReadTransaction>,
+    /// Keeps segments this snapshot may read from being unlinked.
+    _epoch: Arc<()>,
+}
+
+impl EmbeddedSnapshot {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared, &ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        let txn = self.txn.clone();
+        tokio::task::spawn_blocking(move || f(&shared, &txn))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blocking task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Snapshot for EmbeddedSnapshot {
+    async fn timerange(&self) -> Result<TimeRange, StoreError> {
+        let flow = self.flow;
+        self.blocking(move |s, txn| flow_timerange(s, txn, flow))
+            .await
+    }
+
+    async fn get(
+        &self,
+        timestamp: Timestamp,
+        with_payload: bool,
+    ) -> Result<Option<Grain>, StoreError> {
+        let flow = self.flow;
+        self.blocking(move |s, txn| {
+            let table = txn.open_table(GRAINS).map_err(engine)?;
+            let Some(value) = table.get((flow, timestamp.to_nanos())).map_err(engine)? else {
+                return Ok(None);
+            };
+            load_grain(s, timestamp, value.value(), with_payload).map(Some)
+        })
+        .await
+    }
+
+    async fn page(
+        &self,
+        range: TimeRange,
+        order: Order,
+        resume: Option<Timestamp>,
+        limit: PageLimit,
+        with_payload: bool,
+    ) -> Result<Vec<Grain>, StoreError> {
+        let flow = self.flow;
+        self.blocking(move |s, txn| {
+            let Some(keys) = key_range(flow, &range, order, resume) else {
+                return Ok(Vec::new());
+            };
+            let table = txn.open_table(GRAINS).map_err(engine)?;
+            let iter = table.range(keys).map_err(engine)?;
+            let mut grains = Vec::new();
+            let mut bytes = 0usize;
+            let mut visit = |entry: Result<
+                (
+                    redb::AccessGuard<'_, (u128, i128)>,
+                    redb::AccessGuard<'_, &[u8]>,
+                ),
+                redb::StorageError,
+            >|
+             -> Result<bool, StoreError> {
+                let (key, value) = entry.map_err(engine)?;
+                let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
+                let grain = load_grain(s, timestamp, value.value(), with_payload)?;
+                bytes += grain.payload().len();
+                grains.push(grain);
+                Ok(grains.len() < limit.grains && bytes < limit.bytes)
+            };
+            match order {
+                Order::Ascending => {
+                    for entry in iter {
+                        if !visit(entry)? {
+                            break;
+                        }
+                    }
+                }
+                Order::Descending => {
+                    for entry in iter.rev() {
+                        if !visit(entry)? {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(grains)
+        })
+        .await
+    }
+}
+
+/// A write session's backend: hands batches to the committer.
+struct EmbeddedWriter {
+    flow: FlowId,
+    committer: Committer,
+}
+
+#[async_trait]
+impl GrainWriter for EmbeddedWriter {
+    async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
+        self.committer
+            .run(Job::CommitGrains {
+                flow: self.flow,
+                grains,
+            })
+            .await
+            .map(|reply| reply.into_batch())
+    }
+}
+
+/// Pages through an id-keyed JSON table, keeping items that `keep` accepts.
+fn list_table<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: TableDefinition<u128, &[u8]>,
+    page: &PageRequest,
+    mut keep: impl FnMut(&T) -> Result<bool, StoreError>,
+) -> Result<(Vec<T>, Option<PageKey>), StoreError> {
+    let table = txn.open_table(table).map_err(engine)?;
+    let start = match page.after {
+        Some(key) => KeyBound::Excluded(key.0.as_u128()),
+        None => KeyBound::Unbounded,
+    };
+    let limit = page.limit.max(1);
+    let mut items = Vec::new();
+    let mut last = None;
+    for entry in table
+        .range::<u128>((start, KeyBound::Unbounded))
+        .map_err(engine)?
+    {
+        let (key, value) = entry.map_err(engine)?;
+        let item: T = serde_json::from_slice(value.value()).map_err(corrupt)?;
+        if keep(&item)? {
+            if items.len() == limit {
+                return Ok((items, last.map(|k| PageKey(uuid::Uuid::from_u128(k)))));
+            }
+            last = Some(key.value());
+            items.push(item);
+        }
+    }
+    Ok((items, None))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            txn.open_table(FLOWS).map_err(engine)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn sessions(&self) -> &SessionPool {
+        &self.pool
+    }
+
+    async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError> {
+        self.committer
+            .run(Job::PutFlow(Box::new(flow)))
+            .await
+            .map(|reply| reply.into_put())
+    }
+
+    async fn get_flow(&self, id: FlowId) -> Result<Option<FlowInfo>, StoreError> {
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            let Some(flow) = read_flow(&txn, id.as_u128())? else {
+                return Ok(None);
+            };
+            let timerange = flow_timerange(s, &txn, id.as_u128())?;
+            Ok(Some(FlowInfo { flow, timerange }))
+        })
+        .await
+    }
+
+    async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
+        self.committer
+            .run(Job::DeleteFlow(id))
+            .await
+            .map(|reply| reply.into_count() > 0)
+    }
+
+    async fn list_flows(
+        &self,
+        filter: &FlowFilter,
+        page: &PageRequest,
+    ) -> Result<Page<FlowInfo>, StoreError> {
+        let filter = filter.clone();
+        let page = page.clone();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            let mut ranges = Vec::new();
+            let (flows, next) = list_table(&txn, FLOWS, &page, |flow: &Flow| {
+                if !flow.matches(&filter) {
+                    return Ok(false);
+                }
+                let range = flow_timerange(s, &txn, flow.id.as_u128())?;
+                let keep = filter
+                    .timerange
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.overlaps(&range));
+                if keep {
+                    ranges.push(range);
+                }
+                Ok(keep)
+            })?;
+            let items = flows
+                .into_iter()
+                .zip(ranges)
+                .map(|(flow, timerange)| FlowInfo { flow, timerange })
+                .collect();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn get_source(&self, id: SourceId) -> Result<Option<Source>, StoreError> {
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            let table = txn.open_table(SOURCES).map_err(engine)?;
+            let Some(value) = table.get(id.as_u128()).map_err(engine)? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(value.value())
+                .map(Some)
+                .map_err(corrupt)
+        })
+        .await
+    }
+
+    async fn list_sources(
+        &self,
+        filter: &SourceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Source>, StoreError> {
+        let filter = filter.clone();
+        let page = page.clone();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(engine)?;
+            let (items, next) = list_table(&txn, SOURCES, &page, |source: &Source| {
+                Ok(source.matches(&filter))
+            })?;
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn open_read(&self, flow: FlowId) -> Result<ReadSession, StoreError> {
+        let permit = self.pool.acquire().await?;
+        let epoch = self.shared.reclaimer.enter();
+        let txn = self
+            .blocking(move |s| {
+                let txn = s.db.begin_read().map_err(engine)?;
+                if read_flow(&txn, flow.as_u128())?.is_none() {
+                    return Err(StoreError::FlowNotFound(flow));
+                }
+                Ok(txn)
+            })
+            .await?;
+        let snapshot = EmbeddedSnapshot {
+            flow: flow.as_u128(),
+            shared: self.shared.clone(),
+            txn: Arc::new(txn),
+            _epoch: epoch,
+        };
+        Ok(ReadSession::new(flow, Arc::new(snapshot), permit))
+    }
+
+    async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError> {
+        let permit = self.pool.acquire().await?;
+        self.flow_exists_writable(flow).await?;
+        let writer = EmbeddedWriter {
+            flow,
+            committer: self.committer.clone(),
+        };
+        Ok(WriteSession::new(flow, Arc::new(writer), permit))
+    }
+
+    async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError> {
+        self.committer
+            .run(Job::DeleteGrains {
+                flow,
+                range: *range,
+            })
+            .await
+            .map(|reply| reply.into_count())
+    }
+
+    fn watch(&self, flow: FlowId) -> CommitWatch {
+        self.shared.notifier.watch(flow)
+    }
+}

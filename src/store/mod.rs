@@ -1,0 +1,486 @@
+//! The grain store: one trait, [`Store`], with an embedded backend (and room for others),
+//! and the scoped sessions through which grains are read and written.
+//!
+//! - [`Store::open_read`] returns a [`ReadSession`], a consistent snapshot of one flow.
+//!   [`ReadSession::grains`] is the grain generator: a `Stream` that pulls from the
+//!   snapshot page by page and owns what it needs, so a response body can own it and
+//!   dropping the body releases the session.
+//! - [`Store::open_write`] returns a [`WriteSession`]: [`WriteSession::stage`] collects
+//!   grains, [`WriteSession::commit`] makes them durable and visible and wakes live
+//!   readers; dropping the session discards what was staged and not committed.
+//! - Sessions are bounded by a [`SessionPool`]; a full pool fails with
+//!   [`StoreError::Busy`] after a short wait instead of hanging.
+//!
+//! Backends implement [`Store`] and the two small traits behind the sessions,
+//! [`Snapshot`] and [`GrainWriter`]; the paging, counting, ordering and staging logic
+//! lives here once.
+
+pub mod embedded;
+mod model;
+mod notify;
+mod session;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::Stream;
+use futures::stream::BoxStream;
+
+use crate::grain::Grain;
+use crate::time::{TimeRange, Timestamp};
+
+pub use model::{
+    Flow, FlowFilter, FlowId, FlowInfo, Format, Page, PageKey, PageRequest, PutOutcome, Source,
+    SourceFilter, SourceId, TagValue, Tags, now_rfc3339,
+};
+pub use notify::{CommitSeq, CommitWatch, Notifier};
+pub use session::{SessionPermit, SessionPool};
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No flow with that id.
+    #[error("flow {0} not found")]
+    FlowNotFound(FlowId),
+    /// No source with that id.
+    #[error("source {0} not found")]
+    SourceNotFound(SourceId),
+    /// The flow is read-only.
+    #[error("flow {0} is read-only")]
+    ReadOnly(FlowId),
+    /// A grain of another flow was given to a write session.
+    #[error("grain belongs to flow {found}, not to flow {expected}")]
+    WrongFlow {
+        /// The session's flow.
+        expected: FlowId,
+        /// The grain's flow.
+        found: FlowId,
+    },
+    /// A different grain is already stored at this timestamp. The grains of the write
+    /// before the conflicting one were committed.
+    #[error("a different grain is already stored at {timestamp}")]
+    Conflict {
+        /// The occupied origin timestamp.
+        timestamp: Timestamp,
+        /// Grains of the session committed (written or unchanged) before the conflict.
+        committed: u64,
+    },
+    /// Every session is in use and none became free in time.
+    #[error("all {capacity} store sessions are in use (waited {waited:?})")]
+    Busy {
+        /// The pool's size.
+        capacity: usize,
+        /// How long the request waited.
+        waited: std::time::Duration,
+    },
+    /// Stored data failed its integrity check.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend cannot be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// An I/O error in the backend.
+    #[error("store i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The order in which grains are returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Oldest origin timestamp first.
+    #[default]
+    Ascending,
+    /// Newest first.
+    Descending,
+}
+
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrainQuery {
+    /// Only grains whose origin timestamp is in this range.
+    pub range: TimeRange,
+    /// In which order.
+    pub order: Order,
+    /// At most this many grains.
+    pub count: Option<u64>,
+    /// Whether payload bytes are wanted (a `payload=none` read skips loading them).
+    pub with_payload: bool,
+}
+
+impl GrainQuery {
+    /// Every grain, oldest first, with payloads.
+    pub fn all() -> GrainQuery {
+        GrainQuery {
+            range: TimeRange::eternity(),
+            order: Order::Ascending,
+            count: None,
+            with_payload: true,
+        }
+    }
+}
+
+/// How big one page pulled from a snapshot may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit {
+    /// At most this many grains.
+    pub grains: usize,
+    /// Stop after the page's payloads reach this many bytes (a page always has at least
+    /// one grain if any is left).
+    pub bytes: usize,
+}
+
+/// A consistent view of one flow, implemented by each backend.
+#[async_trait]
+pub trait Snapshot: Send + Sync + 'static {
+    /// The flow's grain extent in this snapshot.
+    async fn timerange(&self) -> Result<TimeRange, StoreError>;
+    /// The grain at exactly `timestamp`.
+    async fn get(
+        &self,
+        timestamp: Timestamp,
+        with_payload: bool,
+    ) -> Result<Option<Grain>, StoreError>;
+    /// The next page of grains of `range` in `order`, strictly after `resume` in that
+    /// order when given.
+    async fn page(
+        &self,
+        range: TimeRange,
+        order: Order,
+        resume: Option<Timestamp>,
+        limit: PageLimit,
+        with_payload: bool,
+    ) -> Result<Vec<Grain>, StoreError>;
+}
+
+/// What committing a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Grains newly stored.
+    pub written: u64,
+    /// Grains identical to ones already stored (no-ops).
+    pub unchanged: u64,
+    /// The earliest origin timestamp of the grains newly stored.
+    pub first: Option<Timestamp>,
+    /// The latest origin timestamp of the grains newly stored.
+    pub last: Option<Timestamp>,
+}
+
+impl BatchOutcome {
+    fn absorb(&mut self, other: BatchOutcome) {
+        self.written += other.written;
+        self.unchanged += other.unchanged;
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Grains accepted: written or unchanged.
+    pub fn committed(&self) -> u64 {
+        self.written + self.unchanged
+    }
+}
+
+/// The result of committing a batch: what was applied, and the conflict that stopped it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchResult {
+    /// The grains before the conflict (all of them when there is none).
+    pub outcome: BatchOutcome,
+    /// The origin timestamp of the first grain that differs from a stored one.
+    pub conflict: Option<Timestamp>,
+}
+
+/// Durably commits batches of grains of one flow, implemented by each backend.
+#[async_trait]
+pub trait GrainWriter: Send + Sync + 'static {
+    /// Stores `grains` atomically up to the first conflict: the grains before it are
+    /// durable when this returns, that one and those after it are not stored.
+    async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError>;
+}
+
+/// A store of flows, sources and grains.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name of the backend (`embedded`, ...).
+    fn backend_name(&self) -> &'static str;
+    /// Succeeds when the backend is reachable and usable.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// The session pool, for its gauge.
+    fn sessions(&self) -> &SessionPool;
+
+    /// Creates or replaces a flow, creating its source if unknown. The store sets
+    /// `created` (kept from the existing flow on update) and `metadata_updated`.
+    async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError>;
+    /// One flow with its grains' timerange.
+    async fn get_flow(&self, id: FlowId) -> Result<Option<FlowInfo>, StoreError>;
+    /// Deletes a flow and all its grains; false when there was none.
+    async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError>;
+    /// Flows matching `filter`, in id order.
+    async fn list_flows(
+        &self,
+        filter: &FlowFilter,
+        page: &PageRequest,
+    ) -> Result<Page<FlowInfo>, StoreError>;
+    /// One source.
+    async fn get_source(&self, id: SourceId) -> Result<Option<Source>, StoreError>;
+    /// Sources matching `filter`, in id order.
+    async fn list_sources(
+        &self,
+        filter: &SourceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Source>, StoreError>;
+
+    /// Opens a consistent snapshot of a flow's grains.
+    async fn open_read(&self, flow: FlowId) -> Result<ReadSession, StoreError>;
+    /// Opens a write session on a flow (refused for unknown and read-only flows).
+    async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError>;
+    /// Deletes the grains of a flow whose origin timestamps are in `range`; returns how
+    /// many were deleted. Refused for read-only flows.
+    async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError>;
+    /// Subscribes to commits of a flow.
+    fn watch(&self, flow: FlowId) -> CommitWatch;
+}
+
+/// How many grains a page holds at most, and how many payload bytes, so that a stream's
+/// memory stays bounded whatever the grain size.
+pub const DEFAULT_PAGE: PageLimit = PageLimit {
+    grains: 1024,
+    bytes: 8 << 20,
+};
+
+/// A consistent snapshot of one flow, released when it and every stream made from it
+/// are dropped.
+#[derive(Clone)]
+pub struct ReadSession {
+    flow: FlowId,
+    snapshot: Arc<dyn Snapshot>,
+    page: PageLimit,
+    _permit: Arc<SessionPermit>,
+}
+
+impl ReadSession {
+    /// Wraps a backend snapshot; `permit` is held until the session and its streams end.
+    pub fn new(flow: FlowId, snapshot: Arc<dyn Snapshot>, permit: SessionPermit) -> ReadSession {
+        ReadSession {
+            flow,
+            snapshot,
+            page: DEFAULT_PAGE,
+            _permit: Arc::new(permit),
+        }
+    }
+
+    /// Sets the page size used by [`ReadSession::grains`].
+    pub fn with_page_limit(mut self, page: PageLimit) -> ReadSession {
+        self.page = page;
+        self
+    }
+
+    /// The flow this session reads.
+    pub fn flow_id(&self) -> FlowId {
+        self.flow
+    }
+
+    /// The flow's grain extent in this snapshot.
+    pub async fn timerange(&self) -> Result<TimeRange, StoreError> {
+        self.snapshot.timerange().await
+    }
+
+    /// The grain at exactly `timestamp`, if any.
+    pub async fn get(
+        &self,
+        timestamp: Timestamp,
+        with_payload: bool,
+    ) -> Result<Option<Grain>, StoreError> {
+        self.snapshot.get(timestamp, with_payload).await
+    }
+
+    /// The grain generator: the grains matching `query`, pulled page by page. The stream
+    /// owns a share of the session, so the session lives until the stream is dropped.
+    pub fn grains(&self, query: GrainQuery) -> GrainStream {
+        let session = self.clone();
+        let stream = futures::stream::try_unfold(
+            Cursor {
+                session,
+                query,
+                resume: None,
+                delivered: 0,
+                buffer: std::collections::VecDeque::new(),
+                exhausted: false,
+            },
+            |mut cursor| async move {
+                loop {
+                    if let Some(grain) = cursor.buffer.pop_front() {
+                        cursor.delivered += 1;
+                        return Ok(Some((grain, cursor)));
+                    }
+                    if cursor.exhausted || cursor.query.count.is_some_and(|c| cursor.delivered >= c)
+                    {
+                        return Ok(None);
+                    }
+                    cursor.fill().await?;
+                }
+            },
+        );
+        GrainStream {
+            inner: Box::pin(stream),
+        }
+    }
+}
+
+struct Cursor {
+    session: ReadSession,
+    query: GrainQuery,
+    resume: Option<Timestamp>,
+    delivered: u64,
+    buffer: std::collections::VecDeque<Grain>,
+    exhausted: bool,
+}
+
+impl Cursor {
+    async fn fill(&mut self) -> Result<(), StoreError> {
+        let mut limit = self.session.page;
+        if let Some(count) = self.query.count {
+            let left = count.saturating_sub(self.delivered);
+            limit.grains = limit
+                .grains
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        let page = self
+            .session
+            .snapshot
+            .page(
+                self.query.range,
+                self.query.order,
+                self.resume,
+                limit,
+                self.query.with_payload,
+            )
+            .await?;
+        match page.last() {
+            Some(last) => self.resume = Some(last.origin_timestamp()),
+            None => self.exhausted = true,
+        }
+        self.buffer.extend(page);
+        Ok(())
+    }
+}
+
+/// A stream of grains read from a [`ReadSession`]; holds the session while it lives.
+pub struct GrainStream {
+    inner: BoxStream<'static, Result<Grain, StoreError>>,
+}
+
+impl Stream for GrainStream {
+    type Item = Result<Grain, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Limits on what a write session stages before it must commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageLimit {
+    /// Commit when this many grains are staged.
+    pub grains: usize,
+    /// Commit when the staged payloads reach this many bytes.
+    pub bytes: usize,
+}
+
+/// A default that keeps memory small and still amortises commits over many grains.
+pub const DEFAULT_STAGE: StageLimit = StageLimit {
+    grains: 4096,
+    bytes: 16 << 20,
+};
+
+/// A scoped write to one flow: stage grains, commit them; what is staged and not
+/// committed when the session is dropped is discarded.
+pub struct WriteSession {
+    flow: FlowId,
+    writer: Arc<dyn GrainWriter>,
+    staged: Vec<Grain>,
+    staged_bytes: usize,
+    limit: StageLimit,
+    totals: BatchOutcome,
+    _permit: SessionPermit,
+}
+
+impl WriteSession {
+    /// Wraps a backend writer; `permit` is held until the session is dropped.
+    pub fn new(flow: FlowId, writer: Arc<dyn GrainWriter>, permit: SessionPermit) -> WriteSession {
+        WriteSession {
+            flow,
+            writer,
+            staged: Vec::new(),
+            staged_bytes: 0,
+            limit: DEFAULT_STAGE,
+            totals: BatchOutcome::default(),
+            _permit: permit,
+        }
+    }
+
+    /// Sets when [`WriteSession::should_commit`] advises a commit.
+    pub fn with_stage_limit(mut self, limit: StageLimit) -> WriteSession {
+        self.limit = limit;
+        self
+    }
+
+    /// The flow this session writes.
+    pub fn flow_id(&self) -> FlowId {
+        self.flow
+    }
+
+    /// Stages a grain for the next commit; refuses grains of another flow.
+    pub fn stage(&mut self, grain: Grain) -> Result<(), StoreError> {
+        if grain.flow_id() != self.flow {
+            return Err(StoreError::WrongFlow {
+                expected: self.flow,
+                found: grain.flow_id(),
+            });
+        }
+        self.staged_bytes += grain.payload().len();
+        self.staged.push(grain);
+        Ok(())
+    }
+
+    /// How many grains are staged.
+    pub fn staged(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether the staged grains reached the stage limit and should be committed.
+    pub fn should_commit(&self) -> bool {
+        self.staged.len() >= self.limit.grains || self.staged_bytes >= self.limit.bytes
+    }
+
+    /// Makes the staged grains durable and visible, and wakes live readers. On a conflict
+    /// the grains before it are committed and the error says how many the session has
+    /// committed in all.
+    pub async fn commit(&mut self) -> Result<BatchOutcome, StoreError> {
+        if self.staged.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let grains = std::mem::take(&mut self.staged);
+        self.staged_bytes = 0;
+        let result = self.writer.commit_batch(grains).await?;
+        self.totals.absorb(result.outcome);
+        match result.conflict {
+            Some(timestamp) => Err(StoreError::Conflict {
+                timestamp,
+                committed: self.totals.committed(),
+            }),
+            None => Ok(result.outcome),
+        }
+    }
+
+    /// What this session has committed so far.
+    pub fn totals(&self) -> BatchOutcome {
+        self.totals
+    }
+}
