@@ -383,10 +383,13 @@ impl Grain {
     /// (`{"type": .., "topic": .., "data": [{"path": ..}, ..]}`).
     pub fn new(mut header: GrainHeader, payload: Bytes) -> Result<Grain, GrainError> {
         header.normalise()?;
-        if payload.len() > MAX_PAYLOAD_LEN {
+        // The GSF grai block size (a u32) covers the headers and the payload.
+        if payload.len() > MAX_PAYLOAD_LEN
+            || super::wire::gbhd_size(&header) + 18 + payload.len() > u32::MAX as usize
+        {
             return Err(GrainError::invalid(
                 "data",
-                "payload larger than GSF can carry",
+                "grain larger than GSF can carry",
             ));
         }
         if matches!(header.kind, GrainKind::Event) && !payload.is_empty() {

@@ -120,14 +120,18 @@ impl<'a> Reader<'a> {
     pub(crate) fn string(&mut self, n: usize, what: &'static str) -> Result<String, WireError> {
         let at = self.offset();
         let raw = self.bytes(n, what)?;
-        // GSF pads fixed-size strings with NULs; mediagrains strips them.
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        std::str::from_utf8(&raw[..end])
-            .map(str::to_owned)
-            .map_err(|_| WireError {
-                offset: at,
-                expected: format!("{what} in UTF-8").into(),
-            })
+        let s = std::str::from_utf8(raw).map_err(|_| WireError {
+            offset: at,
+            expected: format!("{what} in UTF-8").into(),
+        })?;
+        // GSF pads fixed-size strings with NULs; mediagrains strips trailing ones and
+        // reads a string starting with NUL as empty.
+        let s = s.trim_end_matches('\0');
+        Ok(if s.starts_with('\0') {
+            String::new()
+        } else {
+            s.to_owned()
+        })
     }
 
     /// A string prefixed by its `u16` length (GSF "varstring").
@@ -258,7 +262,8 @@ fn put_rational(out: &mut Vec<u8>, r: Rational) {
 }
 
 fn put_aspect(out: &mut Vec<u8>, r: Option<Rational>) {
-    put_rational(out, r.unwrap_or(Rational::new(0, 0)));
+    // mediagrains writes an absent ratio as 0/1.
+    put_rational(out, r.unwrap_or(Rational::new(0, 1)));
 }
 
 /// Appends the version 9 `gbhd` block of a (validated) header, as `mediagrains` writes it.

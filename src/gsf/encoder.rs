@@ -1,0 +1,226 @@
+//! [`GsfEncoder`]: a streaming GSF version 9 writer producing `Bytes` chunks.
+//!
+//! The output is what `mediagrains`' `GSFEncoder(streaming=True)` writes: the file
+//! header and `head` (segment counts -1, since a stream does not know them), one `grai`
+//! block per grain, then the terminator. Each grain becomes two chunks — a small header
+//! chunk and the payload `Bytes` itself — so payloads are never copied.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::GsfError;
+use super::head::{GsfDateTime, GsfHead, GsfSegment, GsfTag};
+use crate::grain::Grain;
+use crate::grain::wire::{gbhd_size, write_gbhd};
+
+/// The terminator block: an empty `grai`.
+const TERMINATOR: &[u8] = b"grai\0\0\0\0";
+
+/// The chunks of one encoded grain, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrainChunks {
+    /// The `grai` block header, local id, `gbhd` block and `grdt` block header.
+    pub header: Bytes,
+    /// The payload, the same `Bytes` as the grain's (not copied).
+    pub payload: Bytes,
+}
+
+impl IntoIterator for GrainChunks {
+    type Item = Bytes;
+    type IntoIter = std::array::IntoIter<Bytes, 2>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        [self.header, self.payload].into_iter()
+    }
+}
+
+/// A streaming GSF version 9 encoder.
+///
+/// ```
+/// # use grainstore::gsf::{GsfEncoder, GsfDateTime};
+/// # fn demo(flow_id: uuid::Uuid, grains: Vec<grainstore::grain::Grain>) -> Result<(), grainstore::gsf::GsfError> {
+/// let mut encoder = GsfEncoder::new(uuid::Uuid::new_v4(), GsfDateTime::now());
+/// encoder.add_flow_segment(flow_id)?;
+/// let mut body = vec![encoder.start()?];
+/// for grain in &grains {
+///     body.extend(encoder.encode_grain(grain)?);
+/// }
+/// body.push(encoder.finish());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct GsfEncoder {
+    head: GsfHead,
+    /// Which segment each flow's grains go to (`add_flow_segment`).
+    flows: Vec<(Uuid, u16)>,
+    started: bool,
+}
+
+impl GsfEncoder {
+    /// An encoder for a file with this id and creation time, no segments or tags yet.
+    pub fn new(id: Uuid, created: GsfDateTime) -> Self {
+        GsfEncoder {
+            head: GsfHead::new(id, created),
+            flows: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// An encoder writing this head (its version is ignored: the encoder writes 9.0).
+    pub fn with_head(head: GsfHead) -> Self {
+        GsfEncoder {
+            head: GsfHead {
+                major: 9,
+                minor: 0,
+                ..head
+            },
+            flows: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// The head as it will be (or was) written.
+    pub fn head(&self) -> &GsfHead {
+        &self.head
+    }
+
+    fn not_started(&self, what: &str) -> Result<(), GsfError> {
+        if self.started {
+            return Err(GsfError::Encode(format!(
+                "cannot {what} after the head was written"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a file tag. Only before [`start`](Self::start).
+    pub fn add_tag(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), GsfError> {
+        self.not_started("add a tag")?;
+        self.head.tags.push(GsfTag::new(key, value));
+        Ok(())
+    }
+
+    /// Adds a segment. Only before [`start`](Self::start).
+    pub fn add_segment(&mut self, segment: GsfSegment) -> Result<(), GsfError> {
+        self.not_started("add a segment")?;
+        self.head.segments.push(segment);
+        Ok(())
+    }
+
+    /// Adds a segment for one flow's grains (a fresh segment id, the next local id,
+    /// count -1) and returns its local id; [`encode_grain`](Self::encode_grain) sends
+    /// the flow's grains there. Adding the same flow again returns the existing segment.
+    pub fn add_flow_segment(&mut self, flow_id: Uuid) -> Result<u16, GsfError> {
+        if let Some(&(_, local_id)) = self.flows.iter().find(|(f, _)| *f == flow_id) {
+            return Ok(local_id);
+        }
+        self.not_started("add a segment")?;
+        let local_id = self
+            .head
+            .segments
+            .iter()
+            .map(|s| s.local_id)
+            .max()
+            .map_or(Some(1), |m| m.checked_add(1))
+            .ok_or_else(|| GsfError::Encode("no segment local id left".into()))?;
+        self.head.segments.push(GsfSegment {
+            local_id,
+            id: Uuid::new_v4(),
+            count: -1,
+            tags: Vec::new(),
+            flow: None,
+        });
+        self.flows.push((flow_id, local_id));
+        Ok(local_id)
+    }
+
+    /// The file header and `head` block: the first chunk of the stream.
+    pub fn start(&mut self) -> Result<Bytes, GsfError> {
+        self.not_started("start")?;
+        self.head.validate()?;
+        self.started = true;
+        let mut out = Vec::with_capacity(256);
+        self.head.write(&mut out);
+        Ok(Bytes::from(out))
+    }
+
+    /// Encodes a grain into the segment of its flow (see
+    /// [`add_flow_segment`](Self::add_flow_segment)).
+    pub fn encode_grain(&self, grain: &Grain) -> Result<GrainChunks, GsfError> {
+        let flow_id = grain.flow_id();
+        let local_id = self
+            .flows
+            .iter()
+            .find(|(f, _)| *f == flow_id)
+            .map(|&(_, l)| l)
+            .ok_or_else(|| GsfError::Encode(format!("no segment for flow {flow_id}")))?;
+        Ok(encode_grain(local_id, grain))
+    }
+
+    /// Encodes a grain into the segment `local_id`, which must be in the head.
+    pub fn encode_grain_in(&self, local_id: u16, grain: &Grain) -> Result<GrainChunks, GsfError> {
+        if !self.head.segments.iter().any(|s| s.local_id == local_id) {
+            return Err(GsfError::Encode(format!(
+                "no segment with local id {local_id}"
+            )));
+        }
+        Ok(encode_grain(local_id, grain))
+    }
+
+    /// The terminator block: the last chunk of the stream.
+    pub fn finish(&self) -> Bytes {
+        Bytes::from_static(TERMINATOR)
+    }
+}
+
+/// Encodes one grain of segment `local_id` as `mediagrains` does: the header chunk
+/// (`grai`, local id, `gbhd`, `grdt` header) and the payload.
+pub fn encode_grain(local_id: u16, grain: &Grain) -> GrainChunks {
+    let header = grain.header();
+    let gbhd = gbhd_size(header);
+    let payload = grain.payload().clone();
+    let mut out = Vec::with_capacity(10 + gbhd + 8);
+    out.extend_from_slice(b"grai");
+    // Grain::new bounds payload and header sizes so that this fits in a u32.
+    let size = 10 + gbhd + 8 + payload.len();
+    out.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&local_id.to_le_bytes());
+    write_gbhd(header, &mut out);
+    out.extend_from_slice(b"grdt");
+    out.extend_from_slice(
+        &u32::try_from(8 + payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    GrainChunks {
+        header: Bytes::from(out),
+        payload,
+    }
+}
+
+/// Encodes a whole file in one buffer: `head` (counts set to the number of grains per
+/// segment), the grains in order, the terminator. Every grain's `local_id` must be a
+/// segment of `head`. A convenience for tests and small responses.
+pub fn encode_file(head: &GsfHead, grains: &[(u16, Grain)]) -> Result<Bytes, GsfError> {
+    let mut head = GsfHead {
+        major: 9,
+        minor: 0,
+        ..head.clone()
+    };
+    for seg in &mut head.segments {
+        seg.count = grains.iter().filter(|(l, _)| *l == seg.local_id).count() as i64;
+    }
+    let mut encoder = GsfEncoder::with_head(head);
+    let mut out = encoder.start()?.to_vec();
+    for (local_id, grain) in grains {
+        let chunks = encoder.encode_grain_in(*local_id, grain)?;
+        out.extend_from_slice(&chunks.header);
+        out.extend_from_slice(&chunks.payload);
+    }
+    out.extend_from_slice(&encoder.finish());
+    Ok(Bytes::from(out))
+}
