@@ -37,8 +37,34 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where grains are stored.
     pub storage: StorageConfig,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsConfig,
     /// How the service logs.
     pub log: LogConfig,
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest grain payload accepted, in bytes.
+    pub max_grain_bytes: usize,
+    /// The largest JSON request body, in bytes.
+    pub max_json_body_bytes: usize,
+    /// The `limit` of a listing when the client gives none.
+    pub default_page_limit: usize,
+    /// The largest `limit` of a listing.
+    pub max_page_limit: usize,
+}
+
+/// The `[cors]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins; `*` allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The `[server]` section.
@@ -49,12 +75,33 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long graceful shutdown waits for in-flight requests, in milliseconds.
     pub shutdown_deadline_ms: u64,
+    /// Time allowed to send request headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to reach response headers, in milliseconds.
+    pub response_headers_timeout_ms: u64,
+    /// Time an upload body may stay silent, in milliseconds.
+    pub body_idle_timeout_ms: u64,
+    /// Requests served at once before shedding load.
+    pub max_concurrent_requests: usize,
 }
 
 impl ServerConfig {
     /// The graceful-shutdown deadline.
     pub fn shutdown_deadline(&self) -> Duration {
         Duration::from_millis(self.shutdown_deadline_ms)
+    }
+}
+
+impl Config {
+    /// The embedded store's settings.
+    pub fn embedded(&self) -> crate::store::embedded::EmbeddedConfig {
+        crate::store::embedded::EmbeddedConfig {
+            data_dir: self.storage.data_dir.clone(),
+            max_sessions: self.storage.max_sessions,
+            session_wait: Duration::from_millis(self.storage.session_wait_ms),
+            inline_max: self.storage.inline_max_bytes,
+            segment_bytes: self.storage.segment_bytes,
+        }
     }
 }
 
@@ -74,6 +121,14 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// Store sessions open at once.
+    pub max_sessions: usize,
+    /// How long a request waits for a free session, in milliseconds.
+    pub session_wait_ms: u64,
+    /// Payloads up to this size stay in the embedded index.
+    pub inline_max_bytes: usize,
+    /// Size of the embedded store's segment files.
+    pub segment_bytes: u64,
 }
 
 /// Log output format.
@@ -147,7 +202,65 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.log.filter.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        let positive: [(&'static str, u64); 8] = [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.response_headers_timeout_ms",
+                self.server.response_headers_timeout_ms,
+            ),
+            (
+                "server.body_idle_timeout_ms",
+                self.server.body_idle_timeout_ms,
+            ),
+            (
+                "server.max_concurrent_requests",
+                self.server.max_concurrent_requests as u64,
+            ),
+            ("limits.max_grain_bytes", self.limits.max_grain_bytes as u64),
+            (
+                "limits.max_json_body_bytes",
+                self.limits.max_json_body_bytes as u64,
+            ),
+            ("storage.max_sessions", self.storage.max_sessions as u64),
+            ("storage.segment_bytes", self.storage.segment_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        if self.limits.default_page_limit == 0
+            || self.limits.default_page_limit > self.limits.max_page_limit
+        {
+            return Err(ConfigError::Value {
+                key: "limits.default_page_limit",
+                reason: format!(
+                    "must be between 1 and limits.max_page_limit ({})",
+                    self.limits.max_page_limit
+                ),
+            });
+        }
+        if self.limits.max_grain_bytes > crate::grain::MAX_PAYLOAD_LEN {
+            return Err(ConfigError::Value {
+                key: "limits.max_grain_bytes",
+                reason: format!(
+                    "must be at most {} (what GSF can carry)",
+                    crate::grain::MAX_PAYLOAD_LEN
+                ),
+            });
+        }
+        if self
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return Err(ConfigError::Value {
                 key: "log.filter",
                 reason: format!("{:?} is not a tracing filter", self.log.filter),
@@ -185,7 +298,10 @@ mod tests {
         ]);
         let config = Config::load_from(None, vars.clone(), &Overrides::default()).unwrap();
         assert_eq!(config.server.listen, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(config.server.shutdown_deadline(), Duration::from_millis(250));
+        assert_eq!(
+            config.server.shutdown_deadline(),
+            Duration::from_millis(250)
+        );
         let flags = Overrides {
             listen: Some("127.0.0.1:1".parse().unwrap()),
             data_dir: Some("/srv/b".into()),

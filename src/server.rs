@@ -6,12 +6,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api;
-use crate::config::Config;
+use crate::api::{self, AppState};
+use crate::config::{Backend, Config};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,19 +39,20 @@ pub enum ServerError {
         /// The operating system's reason.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[source] StoreError),
 }
 
 /// A bound, not yet serving, grainstore service.
 pub struct Server {
     listener: TcpListener,
     config: Config,
+    state: AppState,
 }
 
 impl Server {
-    /// Prepares the data directory and binds the listen address.
+    /// Opens the store and binds the listen address.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.storage.data_dir).map_err(|source| {
             ServerError::DataDir {
@@ -52,65 +60,105 @@ impl Server {
                 source,
             }
         })?;
+        let store = open_store(&config).await?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Server { listener, config })
+        let state = AppState::new(store, config.clone());
+        Ok(Server {
+            listener,
+            config,
+            state,
+        })
     }
 
     /// The address actually bound (the real port when the configuration said 0).
     pub fn local_addr(&self) -> SocketAddr {
-        // A bound listener always has a local address.
         self.listener
             .local_addr()
             .unwrap_or(self.config.server.listen)
     }
 
-    /// Serves until `shutdown` completes, then waits for in-flight requests up to the
-    /// configured deadline.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    /// The shared state handlers see (for tests that inspect the store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits for open
+    /// connections to finish, at most the configured deadline.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let addr = self.local_addr();
         let deadline = self.config.server.shutdown_deadline();
-        tracing::info!(%addr, data_dir = %self.config.storage.data_dir.display(), "grainstore listening");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let serve = axum::serve(self.listener, api::router())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                let _ = stop_tx.send(true);
-            })
-            .into_future();
-        let serving = tokio::spawn(serve);
-        drain(serving, stop_rx, deadline).await
-    }
-}
-
-/// Waits for the server task; once shutdown has begun, waits at most `deadline` more.
-async fn drain(
-    mut serving: tokio::task::JoinHandle<std::io::Result<()>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    deadline: Duration,
-) -> Result<(), ServerError> {
-    tokio::select! {
-        result = &mut serving => return join_result(result),
-        _ = stop.wait_for(|stopped| *stopped) => {}
-    }
-    match tokio::time::timeout(deadline, &mut serving).await {
-        Ok(result) => join_result(result),
-        Err(_) => {
-            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed; closing remaining connections");
-            serving.abort();
-            Ok(())
+        tracing::info!(
+            %addr,
+            data_dir = %self.config.storage.data_dir.display(),
+            backend = self.state.store.backend_name(),
+            "grainstore listening"
+        );
+        let app = api::router(self.state.clone());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(
+                self.config.server.header_read_timeout_ms,
+            ));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the
+                        // connections we have and try again shortly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(app.clone());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
         }
+        tracing::info!(
+            deadline_ms = deadline.as_millis() as u64,
+            "shutting down: no new connections, draining open ones"
+        );
+        drop(self.listener);
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(deadline) => {
+                tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed; closing remaining connections");
+            }
+        }
+        Ok(())
     }
 }
 
-fn join_result(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ServerError::Serve(e)),
-        Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+/// Opens the configured store (blocking work is kept off the async workers).
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match config.storage.backend {
+        Backend::Embedded => {
+            let embedded = config.embedded();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(embedded))
+                .await
+                .map_err(|e| ServerError::Store(StoreError::Unavailable(e.to_string())))?
+                .map_err(ServerError::Store)?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -1,13 +1,105 @@
-//! The HTTP service: the router, its handlers grouped by resource, and its errors.
+//! The HTTP service: the router, the shared state, handlers grouped by resource, the
+//! middleware stack, and the one error type.
+//!
+//! - [`service`]: `/`, `/healthz`, `/readyz`, `/metrics`, `/openapi.yaml`.
+//! - [`sources`] and [`flows`]: the TAMS-style resources.
+//! - [`grains`]: grain reads and writes as streams.
+//! - [`params`]: strict parsing of query parameters and headers.
+//! - [`middleware`]: tracing, timeouts, limits, load shedding, CORS, compression, metrics.
+//! - [`error`]: [`ApiError`], rendered as `application/problem+json`.
 
-use axum::{Router, routing::get};
+pub mod body;
+pub mod error;
+pub mod flows;
+pub mod grains;
+pub mod ingest;
+pub mod metrics;
+pub mod middleware;
+pub mod params;
+pub mod service;
+pub mod sources;
 
-/// Builds the service's router.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(healthz))
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, put};
+
+pub use error::{ApiError, ApiResult};
+
+use crate::config::Config;
+use crate::store::Store;
+use metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The grain store.
+    pub store: Arc<dyn Store>,
+    /// The configuration the service started with.
+    pub config: Arc<Config>,
+    /// The service's counters.
+    pub metrics: Arc<Metrics>,
 }
 
-/// Liveness: the process is up and serving requests.
-async fn healthz() -> &'static str {
-    "ok\n"
+impl AppState {
+    /// State for a store and configuration.
+    pub fn new(store: Arc<dyn Store>, config: Config) -> AppState {
+        AppState {
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+/// The routes the service serves, as (path, methods), for the OpenAPI parity test.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["get", "head"]),
+    ("/healthz", &["get", "head"]),
+    ("/readyz", &["get", "head"]),
+    ("/metrics", &["get", "head"]),
+    ("/openapi.yaml", &["get", "head"]),
+    ("/sources", &["get", "head"]),
+    ("/sources/{id}", &["get", "head"]),
+    ("/flows", &["get", "head"]),
+    ("/flows/{id}", &["get", "head", "put", "delete"]),
+    ("/flows/{id}/grains", &["get", "head", "post", "delete"]),
+    (
+        "/flows/{id}/grains/{timestamp}",
+        &["get", "head", "put", "delete"],
+    ),
+];
+
+/// Builds the service: routes, handlers and the middleware stack.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/", get(service::info))
+        .route("/healthz", get(service::healthz))
+        .route("/readyz", get(service::readyz))
+        .route("/metrics", get(service::metrics))
+        .route("/openapi.yaml", get(service::openapi))
+        .route("/sources", get(sources::list))
+        .route("/sources/{id}", get(sources::get_one))
+        .route("/flows", get(flows::list))
+        .route(
+            "/flows/{id}",
+            put(flows::put_one)
+                .get(flows::get_one)
+                .delete(flows::delete_one),
+        )
+        .route(
+            "/flows/{id}/grains",
+            get(grains::read)
+                .post(grains::write)
+                .delete(grains::delete_range),
+        )
+        .route(
+            "/flows/{id}/grains/{timestamp}",
+            get(grains::get_one)
+                .put(grains::put_one)
+                .delete(grains::delete_one),
+        )
+        .fallback(service::not_found)
+        .method_not_allowed_fallback(service::method_not_allowed);
+    middleware::stack(routes, state)
 }

@@ -463,7 +463,7 @@ fn delete_range(
     let mut table = txn.open_table(GRAINS).map_err(engine)?;
     let mut removed = 0;
     let mut doomed = Vec::new();
-    for entry in table.range(keys.clone()).map_err(engine)? {
+    for entry in table.range(keys).map_err(engine)? {
         let (key, value) = entry.map_err(engine)?;
         let record = record::decode(value.value())?;
         if let Location::Segment { id, .. } = record.location {

@@ -204,6 +204,9 @@ fn read_flow(txn: &ReadTransaction, id: u128) -> Result<Option<Flow>, StoreError
         .map_err(corrupt)
 }
 
+/// Bounds of a range of grain index keys.
+type KeyRange = (KeyBound<(u128, i128)>, KeyBound<(u128, i128)>);
+
 /// The key range of `flow`'s grains within `range`, narrowed to strictly after `resume`
 /// in `order`. `None` when nothing can match.
 fn key_range(
@@ -211,7 +214,7 @@ fn key_range(
     range: &TimeRange,
     order: Order,
     resume: Option<Timestamp>,
-) -> Option<(KeyBound<(u128, i128)>, KeyBound<(u128, i128)>)> {
+) -> Option<KeyRange> {
     let (mut lo, mut hi) = match range.bounds() {
         None => return None,
         Some((start, end)) => (start, end),

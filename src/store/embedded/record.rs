@@ -150,8 +150,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, StoreError> {
     let header_len = u32::from_le_bytes(r.array()?) as usize;
     let header = r.take(header_len)?;
     let inline = if location == Location::Inline {
-        let inline = r.take(usize::try_from(len).map_err(|_| corrupt("length"))?)?;
-        inline
+        r.take(usize::try_from(len).map_err(|_| corrupt("length"))?)?
     } else {
         &[]
     };

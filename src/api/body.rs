@@ -1,0 +1,161 @@
+//! Response bodies built from grain generators: GSF and NDJSON streams.
+//!
+//! Small grains are coalesced into chunks of up to [`COALESCE_BYTES`] so that a read of
+//! millions of event grains is not millions of tiny writes; a chunk goes out as soon as
+//! the generator has to wait for the store, so nothing sits in a buffer while the client
+//! could be reading it. Large payloads pass through as the `Bytes` the store produced,
+//! never copied.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+
+use super::metrics::Metrics;
+use crate::grain::Grain;
+use crate::gsf::{GsfDateTime, GsfEncoder};
+use crate::store::{FlowId, StoreError};
+
+/// Pieces smaller than this are copied into the coalescing buffer.
+const SMALL: usize = 16 << 10;
+/// A coalesced chunk is sent once it reaches this size.
+pub const COALESCE_BYTES: usize = 64 << 10;
+
+/// A stream of body pieces, each either copied into a shared chunk or sent as is.
+pub struct Coalesce<S> {
+    inner: S,
+    buffer: BytesMut,
+    /// A large piece waiting to go out after the buffer is flushed.
+    pending: Option<Bytes>,
+    done: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Coalesce<S> {
+    /// Coalesces the pieces of `inner`.
+    pub fn new(inner: S, metrics: Arc<Metrics>) -> Coalesce<S> {
+        Coalesce {
+            inner,
+            buffer: BytesMut::new(),
+            pending: None,
+            done: false,
+            metrics,
+        }
+    }
+
+    fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, StoreError>>> {
+        self.metrics.add_sent(chunk.len() as u64);
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+impl<S> Stream for Coalesce<S>
+where
+    S: Stream<Item = Result<Vec<Bytes>, StoreError>> + Unpin,
+{
+    type Item = Result<Bytes, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.buffer.is_empty() {
+                if let Some(big) = this.pending.take() {
+                    return this.emit(big);
+                }
+            }
+            if this.done {
+                if this.buffer.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let chunk = this.buffer.split().freeze();
+                return this.emit(chunk);
+            }
+            if this.pending.is_some() || this.buffer.len() >= COALESCE_BYTES {
+                let chunk = this.buffer.split().freeze();
+                return this.emit(chunk);
+            }
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(pieces))) => {
+                    for piece in pieces {
+                        if piece.len() < SMALL && this.pending.is_none() {
+                            this.buffer.extend_from_slice(&piece);
+                        } else if this.pending.is_none() {
+                            this.pending = Some(piece);
+                        } else {
+                            // Two large pieces in one item (a GSF header chunk is small,
+                            // so this is a payload after a payload): keep order by
+                            // copying the first into the buffer.
+                            if let Some(first) = this.pending.take() {
+                                this.buffer.extend_from_slice(&first);
+                            }
+                            this.pending = Some(piece);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => {
+                    if this.buffer.is_empty() {
+                        return Poll::Pending;
+                    }
+                    // The generator must wait: send what is ready.
+                    let chunk = this.buffer.split().freeze();
+                    return this.emit(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// A GSF file of `flow`'s grains: head, grains, terminator.
+pub fn gsf_body<S>(
+    flow: FlowId,
+    grains: S,
+    metrics: Arc<Metrics>,
+) -> Result<impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static, StoreError>
+where
+    S: Stream<Item = Result<Grain, StoreError>> + Send + Unpin + 'static,
+{
+    let mut encoder = GsfEncoder::new(uuid::Uuid::new_v4(), GsfDateTime::now());
+    let encoding_error =
+        |e: crate::gsf::GsfError| StoreError::Unavailable(format!("gsf encoding: {e}"));
+    let local_id = encoder.add_flow_segment(flow).map_err(encoding_error)?;
+    let start = encoder.start().map_err(encoding_error)?;
+    let end = encoder.finish();
+    let counter = metrics.clone();
+    let grains = grains.map(move |grain| {
+        let grain = grain?;
+        counter.add_grains_read(1);
+        let chunks = crate::gsf::encode_grain(local_id, &grain);
+        Ok(vec![chunks.header, chunks.payload])
+    });
+    let pieces = futures::stream::once(async move { Ok(vec![start]) })
+        .chain(grains)
+        .chain(futures::stream::once(async move { Ok(vec![end]) }));
+    Ok(Coalesce::new(Box::pin(pieces), metrics))
+}
+
+/// NDJSON: one JSON grain per line.
+pub fn ndjson_body<S>(
+    grains: S,
+    with_payload: bool,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static
+where
+    S: Stream<Item = Result<Grain, StoreError>> + Send + Unpin + 'static,
+{
+    let counter = metrics.clone();
+    let lines = grains.map(move |grain| {
+        let grain = grain?;
+        counter.add_grains_read(1);
+        let mut line = grain.to_json(with_payload);
+        line.push(b'\n');
+        Ok(vec![Bytes::from(line)])
+    });
+    Coalesce::new(Box::pin(lines), metrics)
+}

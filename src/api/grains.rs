@@ -1,0 +1,460 @@
+//! `/flows/{id}/grains` and `/flows/{id}/grains/{timestamp}`: grain reads as streams fed
+//! by the read session's grain generator, uploads decoded and committed as they stream
+//! in, single grains, and deletes.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+
+use super::body::{gsf_body, ndjson_body};
+use super::ingest::{BodyDecoder, BodyFormat, Decoded};
+use super::params::{
+    GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
+};
+use super::{ApiError, ApiResult, AppState};
+use crate::grain::Grain;
+use crate::store::{BatchOutcome, FlowId, GrainQuery, Order, StoreError, WriteSession};
+use crate::time::{Bound, TimeRange, Timestamp};
+
+/// `GET /flows/{id}/grains`: the grains of a timerange as a GSF or NDJSON stream.
+pub async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let query = QueryParams::parse(
+        raw.as_deref(),
+        &["timerange", "count", "reverse_order", "payload"],
+        false,
+    )?;
+    let flow = parse_uuid("flow id", &id)?;
+    let media = negotiate(&headers, &[GrainMedia::Gsf, GrainMedia::Ndjson])?;
+    let range = query
+        .timerange("timerange")?
+        .unwrap_or_else(TimeRange::eternity);
+    let count = query.u64("count")?;
+    let order = match query.bool("reverse_order")? {
+        Some(true) => Order::Descending,
+        _ => Order::Ascending,
+    };
+    let with_payload = match query.get("payload") {
+        None | Some("inline") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `payload` must be `inline` or `none`, not {other:?}"
+            )));
+        }
+    };
+    // GSF always carries payloads: `payload=none` shapes the JSON forms only.
+    let with_payload = with_payload || media == GrainMedia::Gsf;
+    let session = state.store.open_read(flow).await?;
+    let grains = session.grains(GrainQuery {
+        range,
+        order,
+        count,
+        with_payload,
+    });
+    // The body owns the grain stream, which owns the session: the session ends when the
+    // response does, however it ends.
+    drop(session);
+    let metrics = state.metrics.clone();
+    let logged = grains.inspect(move |item| {
+        if let Err(e) = item {
+            tracing::error!(flow_id = %flow, error = %e, "grain stream failed; the response is cut short");
+        }
+    });
+    let body = match media {
+        GrainMedia::Gsf => Body::from_stream(gsf_body(flow, logged, metrics)?),
+        _ => Body::from_stream(ndjson_body(logged, with_payload, metrics)),
+    };
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(media.mime()))],
+        body,
+    )
+        .into_response())
+}
+
+/// `POST /flows/{id}/grains`: a GSF or NDJSON body of any length, decoded as it arrives
+/// and committed in batches.
+pub async fn write(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    QueryParams::parse(raw.as_deref(), &[], false)?;
+    let flow = parse_uuid("flow id", &id)?;
+    let format = body_format(&headers)?;
+    let mut session = state.store.open_write(flow).await?;
+    let mut upload = Upload {
+        decoder: BodyDecoder::new(format, state.config.limits.max_grain_bytes),
+        staged: Vec::new(),
+        received: 0,
+        grains: 0,
+    };
+    let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
+    let mut chunks = body.into_data_stream();
+    loop {
+        // Commit whenever the body has nothing more for now, so live readers see the
+        // grains within milliseconds even from a slow, long upload.
+        let next = match chunks.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if session.staged() > 0 {
+                    upload.commit(&mut session).await?;
+                }
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let problem = ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "urn:grainstore:problem:body-idle",
+                            "Request body idle",
+                            format!(
+                                "the body sent nothing for {} ms (limit `server.body_idle_timeout_ms`)",
+                                idle.as_millis()
+                            ),
+                        );
+                        return Err(upload.fault(&mut session, problem).await);
+                    }
+                }
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                let problem = ApiError::bad_body(format!("the body could not be read: {e}"));
+                return Err(upload.fault(&mut session, problem).await);
+            }
+            Some(Ok(chunk)) => {
+                upload.received += chunk.len() as u64;
+                state.metrics.add_received(chunk.len() as u64);
+                upload.decoder.push(chunk);
+                loop {
+                    match upload.decoder.next_grain() {
+                        Ok(Some(decoded)) => upload.stage(&mut session, decoded).await?,
+                        Ok(None) => break,
+                        Err(problem) => return Err(upload.fault(&mut session, problem).await),
+                    }
+                }
+            }
+        }
+    }
+    if upload.received == 0 {
+        return Err(ApiError::bad_body(
+            "the body is empty; send a GSF stream or NDJSON grains",
+        ));
+    }
+    match upload.decoder.finish() {
+        Ok(Some(decoded)) => upload.stage(&mut session, decoded).await?,
+        Ok(None) => {}
+        Err(problem) => return Err(upload.fault(&mut session, problem).await),
+    }
+    upload.commit(&mut session).await?;
+    let totals = session.totals();
+    state.metrics.add_grains_written(totals.written);
+    // 201 when anything new was stored; 200 when every grain was an identical re-send.
+    let status = if totals.written > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(write_summary(&totals))).into_response())
+}
+
+/// The success body of a write.
+fn write_summary(totals: &BatchOutcome) -> serde_json::Value {
+    let timerange = match (totals.first, totals.last) {
+        (Some(first), Some(last)) => {
+            TimeRange::new(Bound::Inclusive(first), Bound::Inclusive(last))
+        }
+        _ => TimeRange::empty(),
+    };
+    json!({
+        "written": totals.written,
+        "unchanged": totals.unchanged,
+        "timerange": timerange.to_string(),
+    })
+}
+
+fn body_format(headers: &HeaderMap) -> ApiResult<BodyFormat> {
+    match content_type(headers).as_deref() {
+        Some("application/x-gsf") => Ok(BodyFormat::Gsf),
+        Some("application/x-ndjson") => Ok(BodyFormat::Ndjson),
+        Some(other) => Err(ApiError::unsupported_media(format!(
+            "grains are written as application/x-gsf or application/x-ndjson, not {other}"
+        ))),
+        None => Err(ApiError::unsupported_media(
+            "Content-Type is missing; grains are written as application/x-gsf or application/x-ndjson",
+        )),
+    }
+}
+
+/// The state of one upload.
+struct Upload {
+    decoder: BodyDecoder,
+    /// (origin timestamp, body offset) of the grains staged and not yet committed, to
+    /// say where a conflicting grain was.
+    staged: Vec<(Timestamp, u64)>,
+    received: u64,
+    grains: u64,
+}
+
+impl Upload {
+    async fn stage(&mut self, session: &mut WriteSession, decoded: Decoded) -> ApiResult<()> {
+        let Decoded { grain, offset } = decoded;
+        let timestamp = grain.origin_timestamp();
+        if let Err(e) = session.stage(grain) {
+            let problem = ApiError::from(e).with_offset(offset);
+            return Err(self.fault(session, problem).await);
+        }
+        self.grains += 1;
+        self.staged.push((timestamp, offset));
+        if session.should_commit() {
+            self.commit(session).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, session: &mut WriteSession) -> ApiResult<()> {
+        let result = session.commit().await;
+        let staged = std::mem::take(&mut self.staged);
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict {
+                timestamp,
+                committed,
+            }) => {
+                let offset = staged
+                    .iter()
+                    .find(|(t, _)| *t == timestamp)
+                    .map(|(_, o)| *o);
+                let problem = ApiError::from(StoreError::Conflict {
+                    timestamp,
+                    committed,
+                });
+                Err(match offset {
+                    Some(offset) => problem.with_offset(offset),
+                    None => problem,
+                })
+            }
+            Err(e) => Err(ApiError::from(e).with_committed(session.totals().committed())),
+        }
+    }
+
+    /// Commits every complete grain before a fault, then reports the fault with how many
+    /// grains the request committed.
+    async fn fault(&mut self, session: &mut WriteSession, problem: ApiError) -> ApiError {
+        if let Err(commit_problem) = self.commit(session).await {
+            return commit_problem;
+        }
+        problem.with_committed(session.totals().committed())
+    }
+}
+
+/// `DELETE /flows/{id}/grains?timerange=`: deletes the grains of a range.
+pub async fn delete_range(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let query = QueryParams::parse(raw.as_deref(), &["timerange"], false)?;
+    let flow = parse_uuid("flow id", &id)?;
+    let range = query.timerange("timerange")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "query parameter `timerange` is required; give `_` to delete every grain of the flow",
+        )
+    })?;
+    let deleted = state.store.delete_grains(flow, &range).await?;
+    Ok(Json(
+        json!({ "deleted": deleted, "timerange": range.to_string() }),
+    ))
+}
+
+fn path_grain(id: &str, timestamp: &str) -> ApiResult<(FlowId, Timestamp)> {
+    Ok((
+        parse_uuid("flow id", id)?,
+        parse_timestamp("timestamp", timestamp)?,
+    ))
+}
+
+/// `GET /flows/{id}/grains/{timestamp}`: one grain, by default its raw payload with its
+/// header fields in `Grain-*` headers.
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path((id, timestamp)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    QueryParams::parse(raw.as_deref(), &[], false)?;
+    let (flow, timestamp) = path_grain(&id, &timestamp)?;
+    let media = negotiate(
+        &headers,
+        &[
+            GrainMedia::Raw,
+            GrainMedia::Json,
+            GrainMedia::Gsf,
+            GrainMedia::Ndjson,
+        ],
+    )?;
+    let session = state.store.open_read(flow).await?;
+    let grain = session
+        .get(timestamp, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("flow {flow} has no grain at {timestamp}")))?;
+    drop(session);
+    state.metrics.add_grains_read(1);
+    let response = match media {
+        GrainMedia::Raw => {
+            let mut response = Body::from(grain.payload().clone()).into_response();
+            grain_headers(response.headers_mut(), &grain);
+            response
+        }
+        GrainMedia::Json | GrainMedia::Ndjson => {
+            let mut body = grain.to_json(true);
+            if media == GrainMedia::Ndjson {
+                body.push(b'\n');
+            }
+            let mut response = Body::from(body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media.mime()));
+            response
+        }
+        _ => {
+            let stream = futures::stream::iter([Ok::<_, StoreError>(grain)]);
+            let body = gsf_body(flow, stream, state.metrics.clone())?;
+            let mut response = Body::from_stream(body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(media.mime()));
+            response
+        }
+    };
+    Ok(response)
+}
+
+/// Sets `Content-Type: application/octet-stream` and the `Grain-*` headers.
+fn grain_headers(headers: &mut HeaderMap, grain: &Grain) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("content-type", "application/octet-stream".into());
+    set("grain-type", grain.grain_type().as_str().into());
+    set("grain-flow-id", grain.flow_id().to_string());
+    set("grain-source-id", grain.source_id().to_string());
+    set(
+        "grain-origin-timestamp",
+        grain.origin_timestamp().to_string(),
+    );
+    set("grain-sync-timestamp", grain.sync_timestamp().to_string());
+    if let Some(created) = grain.creation_timestamp() {
+        set("grain-creation-timestamp", created.to_string());
+    }
+    let rate = grain.rate();
+    set(
+        "grain-rate",
+        format!("{}/{}", rate.numerator, rate.denominator),
+    );
+    let duration = grain.duration();
+    set(
+        "grain-duration",
+        format!("{}/{}", duration.numerator, duration.denominator),
+    );
+}
+
+/// `PUT /flows/{id}/grains/{timestamp}`: one grain, as a JSON grain (`application/json`)
+/// or a GSF stream holding exactly that grain. 201 when stored, 200 when identical to the
+/// stored one, 409 when a different grain is there.
+pub async fn put_one(
+    State(state): State<AppState>,
+    Path((id, timestamp)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    QueryParams::parse(raw.as_deref(), &[], false)?;
+    let (flow, timestamp) = path_grain(&id, &timestamp)?;
+    let format = match content_type(&headers).as_deref() {
+        Some("application/json" | "application/x-ndjson") => BodyFormat::Ndjson,
+        Some("application/x-gsf") => BodyFormat::Gsf,
+        other => {
+            return Err(ApiError::unsupported_media(format!(
+                "a single grain is written as application/json or application/x-gsf, not {}",
+                other.unwrap_or("a body without Content-Type")
+            )));
+        }
+    };
+    let max = state.config.limits.max_grain_bytes;
+    let limit = max / 3 * 4 + (128 << 10);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::too_large("limits.max_grain_bytes", "the grain is too large")
+        } else {
+            ApiError::bad_body(format!("cannot read the body: {e}"))
+        }
+    })?;
+    let mut decoder = BodyDecoder::new(format, max);
+    decoder.push(bytes);
+    let mut grains = Vec::new();
+    while let Some(decoded) = decoder.next_grain()? {
+        grains.push(decoded.grain);
+    }
+    if let Some(decoded) = decoder.finish()? {
+        grains.push(decoded.grain);
+    }
+    let grain = match <[Grain; 1]>::try_from(grains) {
+        Ok([grain]) => grain,
+        Err(grains) => {
+            return Err(ApiError::bad_body(format!(
+                "the body must hold exactly one grain, not {}",
+                grains.len()
+            )));
+        }
+    };
+    if grain.origin_timestamp() != timestamp {
+        return Err(ApiError::bad_body(format!(
+            "the grain's origin_timestamp {} is not the timestamp of the path {timestamp}",
+            grain.origin_timestamp()
+        )));
+    }
+    let mut session = state.store.open_write(flow).await?;
+    session.stage(grain)?;
+    let outcome = session.commit().await?;
+    state.metrics.add_grains_written(outcome.written);
+    let status = if outcome.written > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(write_summary(&outcome))).into_response())
+}
+
+/// `DELETE /flows/{id}/grains/{timestamp}`: one grain.
+pub async fn delete_one(
+    State(state): State<AppState>,
+    Path((id, timestamp)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<StatusCode> {
+    QueryParams::parse(raw.as_deref(), &[], false)?;
+    let (flow, timestamp) = path_grain(&id, &timestamp)?;
+    let range = TimeRange::new(Bound::Inclusive(timestamp), Bound::Inclusive(timestamp));
+    match state.store.delete_grains(flow, &range).await? {
+        0 => Err(ApiError::not_found(format!(
+            "flow {flow} has no grain at {timestamp}"
+        ))),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}

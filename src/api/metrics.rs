@@ -1,0 +1,183 @@
+//! Prometheus metrics: request counts and latencies by route, bytes in and out, grains
+//! written and read, and open store sessions, rendered in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The service's counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// (route, method, status) → count. A std mutex: held for one map update.
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// (route, method) → latency to response headers.
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    grains_written: AtomicU64,
+    grains_read: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one request's outcome and its time to response headers.
+    pub fn record_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            *requests
+                .entry((route.to_owned(), method.to_owned(), status))
+                .or_default() += 1;
+        }
+        let seconds = elapsed.as_secs_f64();
+        let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let h = latency
+            .entry((route.to_owned(), method.to_owned()))
+            .or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Counts request body bytes.
+    pub fn add_received(&self, n: u64) {
+        self.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts response body bytes.
+    pub fn add_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts grains newly stored.
+    pub fn add_grains_written(&self, n: u64) {
+        self.grains_written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts grains sent to clients.
+    pub fn add_grains_read(&self, n: u64) {
+        self.grains_read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The text exposition, with the gauges sampled now.
+    pub fn render(&self, sessions_active: usize, sessions_max: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP grainstore_http_requests_total HTTP requests by route, method and status."
+        );
+        let _ = writeln!(out, "# TYPE grainstore_http_requests_total counter");
+        for ((route, method, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "grainstore_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                escape(route)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP grainstore_http_request_duration_seconds Time to response headers."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE grainstore_http_request_duration_seconds histogram"
+        );
+        for ((route, method), h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let labels = format!("route=\"{}\",method=\"{method}\"", escape(route));
+            for (bound, count) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "grainstore_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "grainstore_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "grainstore_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "grainstore_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+        let counters = [
+            (
+                "grainstore_http_received_bytes_total",
+                "Request body bytes received.",
+                &self.bytes_received,
+            ),
+            (
+                "grainstore_http_sent_bytes_total",
+                "Response body bytes sent.",
+                &self.bytes_sent,
+            ),
+            (
+                "grainstore_grains_written_total",
+                "Grains newly stored.",
+                &self.grains_written,
+            ),
+            (
+                "grainstore_grains_read_total",
+                "Grains sent to clients.",
+                &self.grains_read,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP grainstore_store_sessions_active Open store sessions, read and write."
+        );
+        let _ = writeln!(out, "# TYPE grainstore_store_sessions_active gauge");
+        let _ = writeln!(out, "grainstore_store_sessions_active {sessions_active}");
+        let _ = writeln!(
+            out,
+            "# HELP grainstore_store_sessions_max The most store sessions that may be open."
+        );
+        let _ = writeln!(out, "# TYPE grainstore_store_sessions_max gauge");
+        let _ = writeln!(out, "grainstore_store_sessions_max {sessions_max}");
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
