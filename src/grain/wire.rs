@@ -542,6 +542,7 @@ impl Grain {
     ///
     /// ```text
     /// u8 version (1) | u8 flags (bit 0: creation timestamp present)
+    /// | u8 number of extension blocks (so that a cut between blocks is detected)
     /// | [creation timestamp, 11 bytes as in GSF v9: u8 sign, u48 secs, u32 nanos]
     /// | the GSF version 9 "gbhd" block, exactly as in a GSF file
     /// | extension blocks (tag, u32 size incl. 8-byte header, body) for the fields of the
@@ -554,35 +555,43 @@ impl Grain {
     /// [`GrainHeader::decode`] reads it back; `Grain::new(header, payload)` rebuilds the grain.
     pub fn encode_header(&self, out: &mut Vec<u8>) {
         let h = &self.header();
-        out.reserve(2 + 11 + gbhd_size(h));
+        out.reserve(3 + 11 + gbhd_size(h));
         out.push(STORAGE_VERSION);
-        match h.creation_timestamp {
-            Some(ts) => {
-                out.push(HAS_CREATION);
-                put_timestamp(out, ts);
-            }
-            None => out.push(0),
+        out.push(if h.creation_timestamp.is_some() {
+            HAS_CREATION
+        } else {
+            0
+        });
+        let count_at = out.len();
+        out.push(0);
+        if let Some(ts) = h.creation_timestamp {
+            put_timestamp(out, ts);
         }
         write_gbhd(h, out);
+        let mut extensions = 0u8;
         match &h.kind {
             GrainKind::CodedVideo(c) => {
                 if c.length != 0 {
+                    extensions += 1;
                     out.extend_from_slice(b"xcvl");
                     put_u32(out, 16);
                     out.extend_from_slice(&c.length.to_le_bytes());
                 }
                 if let Some(r) = c.source_aspect_ratio {
+                    extensions += 1;
                     out.extend_from_slice(b"xcsr");
                     put_u32(out, 16);
                     put_rational(out, r);
                 }
                 if let Some(r) = c.pixel_aspect_ratio {
+                    extensions += 1;
                     out.extend_from_slice(b"xcpr");
                     put_u32(out, 16);
                     put_rational(out, r);
                 }
             }
             GrainKind::Video(v) if !has_implied_offsets(&v.components) => {
+                extensions += 1;
                 out.extend_from_slice(b"xvof");
                 put_size(out, 10 + 8 * v.components.len());
                 put_u16(out, v.components.len() as u16);
@@ -592,6 +601,7 @@ impl Grain {
             }
             _ => {}
         }
+        out[count_at] = extensions;
     }
 }
 
@@ -634,6 +644,7 @@ fn decode_storage(bytes: &[u8]) -> Result<GrainHeader, WireError> {
     if flags & !HAS_CREATION != 0 {
         return Err(r.error("storage header flags of 0 or 1"));
     }
+    let extensions = r.u8("storage header extension count")?;
     let creation = if flags & HAS_CREATION != 0 {
         Some(r.timestamp(9, "creation_timestamp")?)
     } else {
@@ -647,7 +658,10 @@ fn decode_storage(bytes: &[u8]) -> Result<GrainHeader, WireError> {
     }
     let mut header = read_gbhd(&mut gbhd, 9)?;
     header.creation_timestamp = creation;
-    while let Some((tag, mut ext)) = r.child("storage header")? {
+    for _ in 0..extensions {
+        let Some((tag, mut ext)) = r.child("storage header")? else {
+            return Err(r.error(format!("{extensions} extension blocks")));
+        };
         match (&tag, &mut header.kind) {
             (b"xcvl", GrainKind::CodedVideo(c)) => c.length = ext.u64("cog_coded_frame.length")?,
             (b"xcsr", GrainKind::CodedVideo(c)) => {
@@ -670,6 +684,9 @@ fn decode_storage(bytes: &[u8]) -> Result<GrainHeader, WireError> {
         if ext.remaining() != 0 {
             return Err(ext.error("the end of the extension block"));
         }
+    }
+    if r.remaining() != 0 {
+        return Err(r.error("the end of the storage header"));
     }
     Ok(header)
 }
