@@ -1,0 +1,25 @@
+# Build: docker build -t grainstore .
+# Run:   docker run -p 8080:8080 -v grainstore-data:/data grainstore
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+COPY openapi.yaml ./
+RUN cargo build --release --locked --bin grainstore
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data grainstore \
+    && mkdir -p /data && chown grainstore /data
+COPY --from=build /src/target/release/grainstore /usr/local/bin/grainstore
+USER grainstore
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["grainstore"]
+CMD ["serve", "--listen", "0.0.0.0:8080", "--data-dir", "/data"]
