@@ -158,12 +158,16 @@ impl Timestamp {
         let unix_secs =
             days * SECS_PER_DAY + fields.hour * 3600 + fields.minute * 60 + fields.second
                 - i64::from(is_leap);
-        if is_leap && !is_leap_day_end((days + 1) * SECS_PER_DAY) {
+        if is_leap
+            && !(fields.hour == 23
+                && fields.minute == 59
+                && is_leap_day_end((days + 1) * SECS_PER_DAY))
+        {
             return Err(syntax(
                 "ISO 8601 time",
                 s,
                 17,
-                "second 60 exists only at the end of a day with a leap second",
+                "second 60 exists only as 23:59:60 at the end of a day with a leap second",
             ));
         }
         let leap = leap_seconds_at_unix(unix_secs, is_leap);

@@ -79,7 +79,7 @@ impl Timestamp {
 
     /// Builds a timestamp from a signed count of nanoseconds since the epoch.
     pub fn from_nanos(nanos: i128) -> Result<Self, TimeError> {
-        if nanos > Self::MAX.nanos || nanos < Self::MIN.nanos {
+        if !(Self::MIN.nanos..=Self::MAX.nanos).contains(&nanos) {
             return Err(TimeError::OutOfRange(format!(
                 "{nanos} ns is outside the 48-bit seconds range"
             )));
