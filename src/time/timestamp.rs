@@ -23,6 +23,12 @@ pub(crate) const NANOS_PER_SEC: i128 = 1_000_000_000;
 /// half up, so a time exactly half-way between two samples goes away from zero.
 /// These are mediatimestamp's `ROUND_NEAREST`, `ROUND_UP` and `ROUND_DOWN`, including
 /// its integer-nanosecond approximation of the half and whole sample interval.
+///
+/// That approximation matters where a sample interval is not a whole number of
+/// nanoseconds (30000/1001, 48000): sample times from [`Timestamp::from_count`] are
+/// truncated, so `Down` of a sample time can give the sample before it, and `Up` can
+/// land up to 2 ns early. `Nearest` is stable (normalising twice changes nothing) at
+/// every rate; at rates with whole-nanosecond intervals (25, 50) all three are exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Rounding {
     /// The nearest sample; half-way goes away from zero.
