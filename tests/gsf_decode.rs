@@ -238,7 +238,11 @@ fn truncation_is_reported_with_its_offset_and_grain_boundaries_end_cleanly() {
     for cut in 0..data.len() {
         let mut decoder = GsfDecoder::new();
         decoder.push(Bytes::copy_from_slice(&data[..cut]));
-        while let Some(_) = decoder.next_event().expect("no error before the cut") {}
+        while decoder
+            .next_event()
+            .expect("no error before the cut")
+            .is_some()
+        {}
         let end = decoder.finish();
         if boundaries.contains(&cut) {
             assert!(end.is_ok(), "cut at {cut} is a grain boundary: {end:?}");

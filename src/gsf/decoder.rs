@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_GRAIN_SIZE: usize = 64 * 1024 * 1024 + 64 * 1024;
 pub const DEFAULT_MAX_HEAD_SIZE: usize = 16 * 1024 * 1024;
 
 /// What the decoder found next.
+// Grains are the common event and are returned by value; boxing them to shrink the
+// enum would cost an allocation per grain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum GsfEvent {
     /// The head of a file (the first event of each file in concatenated input).
@@ -426,14 +429,14 @@ impl GsfDecoder {
     fn take(&mut self, n: usize) -> Bytes {
         self.buffered -= n;
         self.offset += n as u64;
-        if let Some(front) = self.chunks.front_mut() {
-            if front.len() >= n {
-                let out = front.split_to(n);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
-                return out;
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= n
+        {
+            let out = front.split_to(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
             }
+            return out;
         }
         let mut out = BytesMut::with_capacity(n);
         while out.len() < n {
