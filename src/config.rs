@@ -39,6 +39,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Size limits.
     pub limits: LimitsConfig,
+    /// Live streams.
+    pub live: LiveConfig,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
     /// How the service logs.
@@ -57,6 +59,20 @@ pub struct LimitsConfig {
     pub default_page_limit: usize,
     /// The largest `limit` of a listing.
     pub max_page_limit: usize,
+}
+
+/// The `[live]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Payloads up to this size are inline in SSE events.
+    pub inline_max_bytes: usize,
+    /// Seconds between keep-alive comments.
+    pub keepalive_secs: u64,
+    /// The `retry:` suggested to SSE clients, in milliseconds.
+    pub retry_ms: u64,
+    /// Service events retained for resumption.
+    pub event_retention: usize,
 }
 
 /// The `[cors]` section.
@@ -101,6 +117,7 @@ impl Config {
             session_wait: Duration::from_millis(self.storage.session_wait_ms),
             inline_max: self.storage.inline_max_bytes,
             segment_bytes: self.storage.segment_bytes,
+            event_retention: self.live.event_retention,
         }
     }
 }
@@ -202,7 +219,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 10] = [
+            ("live.keepalive_secs", self.live.keepalive_secs),
+            ("live.event_retention", self.live.event_retention as u64),
             (
                 "server.header_read_timeout_ms",
                 self.server.header_read_timeout_ms,

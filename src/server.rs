@@ -137,6 +137,8 @@ impl Server {
             deadline_ms = deadline.as_millis() as u64,
             "shutting down: no new connections, draining open ones"
         );
+        // Live streams end with a final event; uploads and reads in progress finish.
+        self.state.shutdown.cancel();
         drop(self.listener);
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),

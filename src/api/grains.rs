@@ -17,7 +17,7 @@ use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
     GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
 };
-use super::{ApiError, ApiResult, AppState};
+use super::{ApiError, ApiResult, AppState, live};
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, FlowId, GrainQuery, Order, StoreError, WriteSession};
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -31,11 +31,39 @@ pub async fn read(
 ) -> ApiResult<Response> {
     let query = QueryParams::parse(
         raw.as_deref(),
-        &["timerange", "count", "reverse_order", "payload"],
+        &[
+            "timerange",
+            "count",
+            "reverse_order",
+            "payload",
+            "follow",
+            "after",
+            "from",
+        ],
         false,
     )?;
     let flow = parse_uuid("flow id", &id)?;
-    let media = negotiate(&headers, &[GrainMedia::Gsf, GrainMedia::Ndjson])?;
+    let media = negotiate(
+        &headers,
+        &[GrainMedia::Gsf, GrainMedia::Ndjson, GrainMedia::EventStream],
+    )?;
+    if media == GrainMedia::EventStream {
+        for name in ["timerange", "count", "reverse_order", "follow"] {
+            if query.get(name).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "`{name}` does not apply to live subscriptions (text/event-stream); use `after`, `from` or Last-Event-ID"
+                )));
+            }
+        }
+        return live::subscribe(state, flow, query, &headers).await;
+    }
+    for name in ["after", "from"] {
+        if query.get(name).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` applies to live subscriptions (Accept: text/event-stream); range reads use `timerange`"
+            )));
+        }
+    }
     let range = query
         .timerange("timerange")?
         .unwrap_or_else(TimeRange::eternity);
@@ -44,6 +72,12 @@ pub async fn read(
         Some(true) => Order::Descending,
         _ => Order::Ascending,
     };
+    let follow = query.bool("follow")?.unwrap_or(false);
+    if follow && order == Order::Descending {
+        return Err(ApiError::bad_request(
+            "`follow=true` reads forwards; it cannot be combined with `reverse_order=true`",
+        ));
+    }
     let with_payload = match query.get("payload") {
         None | Some("inline") => true,
         Some("none") => false,
@@ -55,16 +89,21 @@ pub async fn read(
     };
     // GSF always carries payloads: `payload=none` shapes the JSON forms only.
     let with_payload = with_payload || media == GrainMedia::Gsf;
-    let session = state.store.open_read(flow).await?;
-    let grains = session.grains(GrainQuery {
-        range,
-        order,
-        count,
-        with_payload,
-    });
-    // The body owns the grain stream, which owns the session: the session ends when the
-    // response does, however it ends.
-    drop(session);
+    let grains: futures::stream::BoxStream<'static, Result<Grain, StoreError>> = if follow {
+        follow_stream(&state, flow, range, count, with_payload).await?
+    } else {
+        let session = state.store.open_read(flow).await?;
+        let grains = session.grains(GrainQuery {
+            range,
+            order,
+            count,
+            with_payload,
+        });
+        // The body owns the grain stream, which owns the session: the session ends when
+        // the response does, however it ends.
+        drop(session);
+        grains.boxed()
+    };
     let metrics = state.metrics.clone();
     let logged = grains.inspect(move |item| {
         if let Err(e) = item {
@@ -80,6 +119,43 @@ pub async fn read(
         body,
     )
         .into_response())
+}
+
+/// The grains of a `follow=true` read: the stored ones of the range, then new ones as
+/// they are committed, until the range's end (if any) is passed or the flow is deleted.
+async fn follow_stream(
+    state: &AppState,
+    flow: FlowId,
+    range: TimeRange,
+    count: Option<u64>,
+    with_payload: bool,
+) -> ApiResult<futures::stream::BoxStream<'static, Result<Grain, StoreError>>> {
+    let Some((start, end)) = range.bounds() else {
+        return Err(ApiError::bad_request(
+            "`follow=true` needs a non-empty timerange",
+        ));
+    };
+    // Fails early with 404 for an unknown flow, before the body starts.
+    drop(state.store.open_read(flow).await?);
+    let feed = live::LiveFeed::new(state, flow, start, end, with_payload);
+    let grains = feed
+        .into_stream()
+        .take_while(|item| {
+            futures::future::ready(matches!(item, Ok(live::LiveItem::Grain(_)) | Err(_)))
+        })
+        .filter_map(|item| {
+            futures::future::ready(match item {
+                Ok(live::LiveItem::Grain(grain)) => Some(Ok(*grain)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        });
+    Ok(match count {
+        Some(n) => grains
+            .take(usize::try_from(n).unwrap_or(usize::MAX))
+            .boxed(),
+        None => grains.boxed(),
+    })
 }
 
 /// `POST /flows/{id}/grains`: a GSF or NDJSON body of any length, decoded as it arrives

@@ -13,6 +13,7 @@ pub mod error;
 pub mod flows;
 pub mod grains;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod middleware;
 pub mod params;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, put};
+use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
 
@@ -39,6 +41,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The service's counters.
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the service begins to shut down: live streams end with a final
+    /// event so their clients reconnect elsewhere and resume.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -48,6 +53,7 @@ impl AppState {
             store,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -99,6 +105,7 @@ pub fn router(state: AppState) -> Router {
                 .put(grains::put_one)
                 .delete(grains::delete_one),
         )
+        .route("/events", get(live::events))
         .fallback(service::not_found)
         .method_not_allowed_fallback(service::method_not_allowed);
     middleware::stack(routes, state)

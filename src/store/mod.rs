@@ -16,6 +16,7 @@
 //! lives here once.
 
 pub mod embedded;
+mod events;
 mod model;
 mod notify;
 mod session;
@@ -31,6 +32,7 @@ use futures::stream::BoxStream;
 use crate::grain::Grain;
 use crate::time::{TimeRange, Timestamp};
 
+pub use events::{EventId, EventLog, Resume, StoreEvent};
 pub use model::{
     Flow, FlowFilter, FlowId, FlowInfo, Format, Page, PageKey, PageRequest, PutOutcome, Source,
     SourceFilter, SourceId, TagValue, Tags, now_rfc3339,
@@ -245,6 +247,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError>;
     /// Subscribes to commits of a flow.
     fn watch(&self, flow: FlowId) -> CommitWatch;
+    /// The service-wide event log (TAMS event types).
+    fn events(&self) -> &EventLog;
 }
 
 /// How many grains a page holds at most, and how many payload bytes, so that a stream's

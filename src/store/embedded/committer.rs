@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -86,10 +87,12 @@ struct Request {
     reply: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
-/// A handle to the committer thread; the thread ends when every handle is dropped.
+/// A handle to the committer thread; the thread ends when every handle is dropped or
+/// [`Committer::stop`] is called.
 #[derive(Clone)]
 pub struct Committer {
-    jobs: mpsc::Sender<Request>,
+    /// `None` asks the thread to stop after the jobs sent before it.
+    jobs: mpsc::Sender<Option<Request>>,
 }
 
 impl Committer {
@@ -98,7 +101,7 @@ impl Committer {
         shared: Arc<Shared>,
         active: Option<(u64, u64)>,
         next_segment: u64,
-    ) -> Result<Committer, StoreError> {
+    ) -> Result<(Committer, JoinHandle<()>), StoreError> {
         let (tx, rx) = mpsc::channel();
         let appender = match active {
             Some((id, len)) => Some(shared.segments.appender(id, len)?),
@@ -110,17 +113,23 @@ impl Committer {
             next_segment,
             scratch: Vec::new(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("grainstore-committer".into())
             .spawn(move || state.run(rx))?;
-        Ok(Committer { jobs: tx })
+        Ok((Committer { jobs: tx }, thread))
+    }
+
+    /// Asks the thread to stop once the jobs already sent are done; jobs sent later
+    /// fail as [`StoreError::Unavailable`].
+    pub fn stop(&self) {
+        let _ = self.jobs.send(None);
     }
 
     /// Runs a job and waits for its durable completion.
     pub async fn run(&self, job: Job) -> Result<Reply, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Request { job, reply })
+            .send(Some(Request { job, reply }))
             .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
         answer
             .await
@@ -149,23 +158,38 @@ struct Group {
     touched: HashSet<FlowId>,
     /// The creation timestamp given to grains that have none.
     now: Option<Timestamp>,
+    /// Events to publish once the transaction has committed.
+    events: Vec<PendingEvent>,
+}
+
+/// An event held until its transaction commits.
+struct PendingEvent {
+    event_type: &'static str,
+    flow: Option<FlowId>,
+    source: Option<uuid::Uuid>,
+    body: serde_json::Value,
 }
 
 impl State {
-    fn run(&mut self, jobs: mpsc::Receiver<Request>) {
-        loop {
+    fn run(&mut self, jobs: mpsc::Receiver<Option<Request>>) {
+        let mut stopping = false;
+        while !stopping {
             let first = match jobs.recv_timeout(Duration::from_secs(1)) {
-                Ok(request) => request,
+                Ok(Some(request)) => request,
+                Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.reclaim();
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_GROUP {
                 match jobs.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(Some(request)) => batch.push(request),
+                    Ok(None) => {
+                        stopping = true;
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -197,14 +221,24 @@ impl State {
         })();
         match result {
             Ok(replies) => {
-                for (request, reply) in requests.into_iter().zip(replies) {
-                    let _ = request.reply.send(reply);
-                }
+                // Parked only after the commit: a failed commit must not lose segments.
+                // Parked before answering: a snapshot opened once a delete has returned
+                // must not hold back the segments that delete emptied.
+                self.shared.reclaimer.retire(group.dead);
+                // Wake watchers before answering, so that when a commit returns its
+                // watchers have been told: a caller that commits and then waits on a
+                // watch it had already marked seen never misses its own commit.
                 for flow in &group.touched {
                     self.shared.notifier.notify(*flow);
                 }
-                // Parked only after the commit: a failed commit must not lose segments.
-                self.shared.reclaimer.retire(group.dead);
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    let _ = request.reply.send(reply);
+                }
+                for e in group.events {
+                    self.shared
+                        .events
+                        .publish(e.event_type, e.flow, e.source, e.body);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the group is rolled back");
@@ -236,7 +270,7 @@ impl State {
     ) -> Result<Result<Reply, StoreError>, StoreError> {
         match job {
             Job::CommitGrains { flow, grains } => self.commit_grains(txn, group, *flow, grains),
-            Job::PutFlow(flow) => put_flow(txn, flow).map(|r| r.map(Reply::Put)),
+            Job::PutFlow(flow) => put_flow(txn, group, flow).map(|r| r.map(Reply::Put)),
             Job::DeleteFlow(flow) => {
                 let flows = txn.open_table(FLOWS).map_err(engine)?;
                 let existed = flows.get(flow.as_u128()).map_err(engine)?.is_some();
@@ -249,13 +283,30 @@ impl State {
                     .map_err(engine)?
                     .remove(flow.as_u128())
                     .map_err(engine)?;
+                // Live readers of the flow must learn that it is gone.
+                group.touched.insert(*flow);
+                group.events.push(PendingEvent {
+                    event_type: "flows/deleted",
+                    flow: Some(*flow),
+                    source: None,
+                    body: serde_json::json!({ "flow_id": flow }),
+                });
                 Ok(Ok(Reply::Count(1)))
             }
             Job::DeleteGrains { flow, range } => {
                 if let Err(refusal) = check_writable(txn, *flow)? {
                     return Ok(Err(refusal));
                 }
-                delete_range(txn, group, *flow, range).map(|n| Ok(Reply::Count(n)))
+                let deleted = delete_range(txn, group, *flow, range)?;
+                if deleted > 0 {
+                    group.events.push(PendingEvent {
+                        event_type: "flows/grains_deleted",
+                        flow: Some(*flow),
+                        source: None,
+                        body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
+                    });
+                }
+                Ok(Ok(Reply::Count(deleted)))
             }
         }
     }
@@ -314,8 +365,18 @@ impl State {
             outcome.first = Some(outcome.first.map_or(timestamp, |t| t.min(timestamp)));
             outcome.last = Some(outcome.last.map_or(timestamp, |t| t.max(timestamp)));
         }
-        if outcome.written > 0 {
+        if let (Some(first), Some(last)) = (outcome.first, outcome.last) {
             group.touched.insert(flow);
+            let range = TimeRange::new(
+                crate::time::Bound::Inclusive(first),
+                crate::time::Bound::Inclusive(last),
+            );
+            group.events.push(PendingEvent {
+                event_type: "flows/grains_added",
+                flow: Some(flow),
+                source: None,
+                body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
+            });
         }
         Ok(Ok(Reply::Batch(BatchResult { outcome, conflict })))
     }
@@ -329,6 +390,10 @@ impl State {
             .is_some_and(|a| a.len() > 0 && a.len() + len > self.shared.segment_bytes);
         if full {
             if let Some(old) = self.appender.take() {
+                // Account the segment left behind in this group: its grains may all
+                // have been deleted while it was active (which kept it), and no later
+                // delete will look at it again.
+                group.live_delta.entry(old.id()).or_default();
                 old.finish()?;
             }
         }
@@ -404,6 +469,7 @@ fn check_writable(
 
 fn put_flow(
     txn: &WriteTransaction,
+    group: &mut Group,
     flow: &Flow,
 ) -> Result<Result<PutOutcome, StoreError>, StoreError> {
     let now = now_rfc3339();
@@ -443,7 +509,23 @@ fn put_flow(
         sources
             .insert(flow.source_id.as_u128(), json.as_slice())
             .map_err(engine)?;
+        group.events.push(PendingEvent {
+            event_type: "sources/created",
+            flow: None,
+            source: Some(source.id),
+            body: serde_json::to_value(&source).map_err(corrupt)?,
+        });
     }
+    group.events.push(PendingEvent {
+        event_type: if previous.is_some() {
+            "flows/updated"
+        } else {
+            "flows/created"
+        },
+        flow: Some(flow.id),
+        source: Some(flow.source_id),
+        body: serde_json::to_value(&flow).map_err(corrupt)?,
+    });
     Ok(Ok(if previous.is_some() {
         PutOutcome::Updated
     } else {

@@ -48,9 +48,9 @@ use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
 
 use super::{
-    BatchResult, CommitWatch, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, Notifier, Order,
-    Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool, Snapshot, Source,
-    SourceFilter, SourceId, Store, StoreError, WriteSession,
+    BatchResult, CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, Notifier,
+    Order, Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool, Snapshot,
+    Source, SourceFilter, SourceId, Store, StoreError, WriteSession,
 };
 use crate::grain::Grain;
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -80,6 +80,8 @@ pub struct EmbeddedConfig {
     pub inline_max: usize,
     /// A segment file is closed for appends past this size.
     pub segment_bytes: u64,
+    /// How many service events are retained for resumption.
+    pub event_retention: usize,
 }
 
 impl EmbeddedConfig {
@@ -91,6 +93,7 @@ impl EmbeddedConfig {
             session_wait: Duration::from_millis(500),
             inline_max: 16 << 10,
             segment_bytes: 1 << 30,
+            event_retention: 10_000,
         }
     }
 }
@@ -101,15 +104,32 @@ struct Shared {
     segments: Segments,
     reclaimer: Reclaimer,
     notifier: Notifier,
+    events: EventLog,
     inline_max: usize,
     segment_bytes: u64,
 }
 
 /// The embedded [`Store`].
+///
+/// Dropping it waits for the committer thread to finish; the index file is closed, and
+/// the directory can be opened again, once the store and its read sessions are dropped.
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     committer: Committer,
+    /// Joined on drop: the thread holds the index open until it ends.
+    committer_thread: Option<std::thread::JoinHandle<()>>,
     pool: SessionPool,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.committer.stop();
+        if let Some(thread) = self.committer_thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the committer thread panicked");
+            }
+        }
+    }
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -159,13 +179,15 @@ impl EmbeddedStore {
             segments,
             reclaimer: Reclaimer::default(),
             notifier: Notifier::default(),
+            events: EventLog::new(config.event_retention),
             inline_max: config.inline_max,
             segment_bytes: config.segment_bytes,
         });
-        let committer = Committer::start(shared.clone(), active, next_segment)?;
+        let (committer, committer_thread) = Committer::start(shared.clone(), active, next_segment)?;
         Ok(EmbeddedStore {
             shared,
             committer,
+            committer_thread: Some(committer_thread),
             pool: SessionPool::new(config.max_sessions, config.session_wait),
         })
     }
@@ -392,35 +414,28 @@ impl Snapshot for EmbeddedSnapshot {
             let iter = table.range(keys).map_err(engine)?;
             let mut grains = Vec::new();
             let mut bytes = 0usize;
-            let mut visit = |entry: Result<
-                (
-                    redb::AccessGuard<'_, (u128, i128)>,
-                    redb::AccessGuard<'_, &[u8]>,
-                ),
-                redb::StorageError,
-            >|
-             -> Result<bool, StoreError> {
-                let (key, value) = entry.map_err(engine)?;
-                let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
-                let grain = load_grain(s, timestamp, value.value(), with_payload)?;
-                bytes += grain.payload().len();
-                grains.push(grain);
-                Ok(grains.len() < limit.grains && bytes < limit.bytes)
+            let entries: Box<dyn Iterator<Item = _>> = match order {
+                Order::Ascending => Box::new(iter),
+                Order::Descending => Box::new(iter.rev()),
             };
-            match order {
-                Order::Ascending => {
-                    for entry in iter {
-                        if !visit(entry)? {
+            for entry in entries {
+                let loaded = entry.map_err(engine).and_then(|(key, value)| {
+                    let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
+                    load_grain(s, timestamp, value.value(), with_payload)
+                });
+                match loaded {
+                    Ok(grain) => {
+                        bytes += grain.payload().len();
+                        grains.push(grain);
+                        if grains.len() >= limit.grains || bytes >= limit.bytes {
                             break;
                         }
                     }
-                }
-                Order::Descending => {
-                    for entry in iter.rev() {
-                        if !visit(entry)? {
-                            break;
-                        }
-                    }
+                    // Hand out the good grains before a failing one: the next page
+                    // starts at it and reports the error, so a reader gets everything
+                    // up to the damage.
+                    Err(_) if !grains.is_empty() => break,
+                    Err(e) => return Err(e),
                 }
             }
             Ok(grains)
@@ -633,5 +648,9 @@ impl Store for EmbeddedStore {
 
     fn watch(&self, flow: FlowId) -> CommitWatch {
         self.shared.notifier.watch(flow)
+    }
+
+    fn events(&self) -> &EventLog {
+        &self.shared.events
     }
 }

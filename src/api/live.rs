@@ -1,0 +1,491 @@
+//! Live grain streams: the live grain generator behind SSE subscriptions and
+//! `follow=true` reads, and the service-wide `/events` stream.
+//!
+//! A live feed keeps no grains of its own beyond the page it is sending: it waits on the
+//! flow's commit notification, then reads what was committed after its position from a
+//! fresh read snapshot, a page at a time. A consumer slower than the writer simply falls
+//! behind and catches up from the store; it never makes the server buffer for it. Its
+//! position is the origin timestamp of the last grain it sent, so resuming after it
+//! (`Last-Event-ID`, `after=`) misses nothing and repeats nothing. Grains committed with
+//! timestamps before the position (backfill) are not sent live; `/events` reports them.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::params::{QueryParams, parse_timestamp};
+use super::{ApiError, ApiResult, AppState};
+use crate::grain::Grain;
+use crate::store::{
+    CommitWatch, EventId, FlowId, GrainQuery, Order, Resume, Store, StoreError, StoreEvent,
+};
+use crate::time::{Bound, TimeRange, Timestamp};
+
+/// How many grains a live feed reads per snapshot.
+const LIVE_PAGE: u64 = 256;
+
+/// What a live feed produces.
+#[derive(Debug)]
+pub enum LiveItem {
+    /// The next grain after the position (boxed: the other variants are tiny).
+    Grain(Box<Grain>),
+    /// The flow was deleted; the feed ends.
+    FlowDeleted,
+    /// The service is shutting down; the feed ends and the client should resume elsewhere.
+    ShuttingDown,
+}
+
+/// The live grain generator of one flow.
+pub struct LiveFeed {
+    store: Arc<dyn Store>,
+    flow: FlowId,
+    /// Where the next read starts: after the last grain sent, or the requested start.
+    start: Bound,
+    /// The feed ends at the first grain past this bound (follow reads of bounded ranges).
+    end: Bound,
+    watch: CommitWatch,
+    buffer: VecDeque<Grain>,
+    shutdown: CancellationToken,
+    with_payload: bool,
+    done: bool,
+}
+
+impl LiveFeed {
+    /// A feed of `flow` from `start` (inclusive or exclusive), up to `end`. Subscribes to
+    /// commits first, so nothing committed after this call is missed.
+    pub fn new(
+        state: &AppState,
+        flow: FlowId,
+        start: Bound,
+        end: Bound,
+        with_payload: bool,
+    ) -> LiveFeed {
+        LiveFeed {
+            store: state.store.clone(),
+            flow,
+            watch: state.store.watch(flow),
+            start,
+            end,
+            buffer: VecDeque::new(),
+            shutdown: state.shutdown.clone(),
+            with_payload,
+            done: false,
+        }
+    }
+
+    /// A feed of what is committed after the newest grain stored now ("live from now").
+    pub async fn from_now(
+        state: &AppState,
+        flow: FlowId,
+        with_payload: bool,
+    ) -> Result<LiveFeed, StoreError> {
+        let mut feed = LiveFeed::new(
+            state,
+            flow,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            with_payload,
+        );
+        let session = state.store.open_read(flow).await?;
+        let mut newest = session.grains(GrainQuery {
+            range: TimeRange::eternity(),
+            order: Order::Descending,
+            count: Some(1),
+            with_payload: false,
+        });
+        if let Some(grain) = newest.next().await.transpose()? {
+            feed.start = Bound::Exclusive(grain.origin_timestamp());
+        }
+        Ok(feed)
+    }
+
+    /// The next item; waits for commits when caught up.
+    pub async fn next(&mut self) -> Option<Result<LiveItem, StoreError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(grain) = self.buffer.pop_front() {
+                let timestamp = grain.origin_timestamp();
+                if past_end(timestamp, self.end) {
+                    self.done = true;
+                    return None;
+                }
+                self.start = Bound::Exclusive(timestamp);
+                return Some(Ok(LiveItem::Grain(Box::new(grain))));
+            }
+            // Mark the commits seen so far before reading, so one that lands during the
+            // read wakes the wait below.
+            self.watch.borrow_and_update();
+            match self.fetch().await {
+                Ok(grains) if !grains.is_empty() => {
+                    self.buffer.extend(grains);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(StoreError::FlowNotFound(_)) => {
+                    self.done = true;
+                    return Some(Ok(LiveItem::FlowDeleted));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+            tokio::select! {
+                changed = self.watch.changed() => {
+                    if changed.is_err() {
+                        // The notifier dropped this flow's channel: subscribe again.
+                        self.watch = self.store.watch(self.flow);
+                    }
+                }
+                () = self.shutdown.cancelled() => {
+                    self.done = true;
+                    return Some(Ok(LiveItem::ShuttingDown));
+                }
+            }
+        }
+    }
+
+    /// Reads the next page after the position from a fresh snapshot; the session is
+    /// released before the grains are sent.
+    async fn fetch(&self) -> Result<Vec<Grain>, StoreError> {
+        let session = self.store.open_read(self.flow).await?;
+        let stream = session.grains(GrainQuery {
+            range: TimeRange::new(self.start, Bound::Unbounded),
+            order: Order::Ascending,
+            count: Some(LIVE_PAGE),
+            with_payload: self.with_payload,
+        });
+        drop(session);
+        stream.collect::<Vec<_>>().await.into_iter().collect()
+    }
+
+    /// The feed as a stream.
+    pub fn into_stream(self) -> impl Stream<Item = Result<LiveItem, StoreError>> + Send + 'static {
+        futures::stream::unfold(self, |mut feed| async move {
+            feed.next().await.map(|item| (item, feed))
+        })
+    }
+}
+
+fn past_end(timestamp: Timestamp, end: Bound) -> bool {
+    match end {
+        Bound::Unbounded => false,
+        Bound::Inclusive(e) => timestamp > e,
+        Bound::Exclusive(e) => timestamp >= e,
+    }
+}
+
+/// How SSE events carry payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PayloadMode {
+    /// Inline up to the configured size, else a `data_url`.
+    Inline,
+    /// Always a `data_url`.
+    Url,
+    /// No payload.
+    None,
+}
+
+/// `GET /flows/{id}/grains` with `Accept: text/event-stream`: a live subscription.
+pub async fn subscribe(
+    state: AppState,
+    flow: FlowId,
+    query: QueryParams,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let mode = match query.get("payload") {
+        None | Some("inline") => PayloadMode::Inline,
+        Some("url") => PayloadMode::Url,
+        Some("none") => PayloadMode::None,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `payload` must be `inline`, `url` or `none`, not {other:?}"
+            )));
+        }
+    };
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("the Last-Event-ID header is not valid text"))
+                .and_then(|text| parse_timestamp("Last-Event-ID", text.trim()))
+        })
+        .transpose()?;
+    let after = query.timestamp("after")?;
+    let from = query.timestamp("from")?;
+    if after.is_some() && from.is_some() {
+        return Err(ApiError::bad_request("give `after` or `from`, not both"));
+    }
+    let with_payload = mode == PayloadMode::Inline;
+    let feed = match (last_event_id.or(after), from) {
+        (Some(after), _) => {
+            // Fails early with 404 for an unknown flow, before the stream starts.
+            drop(state.store.open_read(flow).await?);
+            LiveFeed::new(
+                &state,
+                flow,
+                Bound::Exclusive(after),
+                Bound::Unbounded,
+                with_payload,
+            )
+        }
+        (None, Some(from)) => {
+            drop(state.store.open_read(flow).await?);
+            LiveFeed::new(
+                &state,
+                flow,
+                Bound::Inclusive(from),
+                Bound::Unbounded,
+                with_payload,
+            )
+        }
+        (None, None) => LiveFeed::from_now(&state, flow, with_payload).await?,
+    };
+    let inline_max = state.config.live.inline_max_bytes;
+    let retry = Duration::from_millis(state.config.live.retry_ms);
+    let metrics = state.metrics.clone();
+    let greeting = futures::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().retry(retry).comment("subscribed"))
+    });
+    let events = feed.into_stream().map(move |item| {
+        let event = match item {
+            Ok(LiveItem::Grain(grain)) => {
+                metrics.add_grains_read(1);
+                grain_event(flow, &grain, mode, inline_max)
+            }
+            Ok(LiveItem::FlowDeleted) => Event::default()
+                .event("flow_deleted")
+                .data(json!({ "flow_id": flow }).to_string()),
+            Ok(LiveItem::ShuttingDown) => Event::default()
+                .event("shutdown")
+                .data(json!({ "detail": "the service is shutting down; reconnect with Last-Event-ID to resume" }).to_string()),
+            Err(e) => {
+                tracing::error!(flow_id = %flow, error = %e, "live feed failed");
+                Event::default()
+                    .event("error")
+                    .data(json!({ "detail": e.to_string() }).to_string())
+            }
+        };
+        Ok::<_, Infallible>(event)
+    });
+    let keepalive =
+        KeepAlive::new().interval(Duration::from_secs(state.config.live.keepalive_secs));
+    let mut response = Sse::new(greeting.chain(events))
+        .keep_alive(keepalive)
+        .into_response();
+    sse_headers(response.headers_mut());
+    Ok(response)
+}
+
+fn sse_headers(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// The SSE event of one grain: `event: grain`, `id:` its origin timestamp, `data:` its
+/// JSON form with the payload inline or as a `data_url`.
+fn grain_event(flow: FlowId, grain: &Grain, mode: PayloadMode, inline_max: usize) -> Event {
+    let timestamp = grain.origin_timestamp();
+    let inline = mode == PayloadMode::Inline && grain.payload().len() <= inline_max;
+    let mut json = grain.to_json(inline);
+    if mode == PayloadMode::Url || (mode == PayloadMode::Inline && !inline) {
+        // The JSON form is an object: add the field before its closing brace.
+        if json.last() == Some(&b'}') {
+            json.pop();
+            json.extend_from_slice(
+                format!(",\"data_url\":\"/flows/{flow}/grains/{timestamp}\"}}").as_bytes(),
+            );
+        }
+    }
+    Event::default()
+        .event("grain")
+        .id(timestamp.to_string())
+        .data(String::from_utf8_lossy(&json))
+}
+
+/// `GET /events`: the service-wide event stream, filterable and resumable.
+pub async fn events(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let query = QueryParams::parse(
+        raw.as_deref(),
+        &["flow_id", "source_id", "event_type", "after"],
+        false,
+    )?;
+    let flow = query.uuid("flow_id")?;
+    let source = query.uuid("source_id")?;
+    let types: Option<Vec<String>> = query
+        .get("event_type")
+        .map(|t| t.split(',').map(|s| s.trim().to_owned()).collect());
+    if let Some(types) = &types {
+        for t in types {
+            if !EVENT_TYPES.contains(&t.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter `event_type`: unknown type {t:?}; known types: {}",
+                    EVENT_TYPES.join(", ")
+                )));
+            }
+        }
+    }
+    let header_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let after = match header_id.or(query.get("after")) {
+        None => None,
+        Some(text) => Some(text.parse::<EventId>().map_err(|()| {
+            ApiError::bad_request(format!(
+                "event id {text:?} is not one this service gave out (form: EPOCH-SEQ)"
+            ))
+        })?),
+    };
+    let filter = move |e: &StoreEvent| {
+        flow.is_none_or(|f| e.flow_id == Some(f))
+            && source.is_none_or(|s| e.source_id == Some(s))
+            && types
+                .as_ref()
+                .is_none_or(|ts| ts.iter().any(|t| t == e.event_type))
+    };
+    let (resume, receiver) = state.store.events().subscribe(after);
+    let feed = EventFeed {
+        state: state.clone(),
+        receiver,
+        backlog: VecDeque::new(),
+        last: after,
+        reset_pending: false,
+    };
+    let feed = match resume {
+        Resume::From(backlog) => EventFeed {
+            backlog: backlog.into(),
+            ..feed
+        },
+        Resume::Reset => EventFeed {
+            reset_pending: true,
+            ..feed
+        },
+    };
+    let retry = Duration::from_millis(state.config.live.retry_ms);
+    let greeting = futures::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().retry(retry).comment("subscribed"))
+    });
+    let stream = futures::stream::unfold(feed, move |mut feed| {
+        let filter = filter.clone();
+        async move {
+            loop {
+                match feed.next().await? {
+                    EventItem::Reset => {
+                        let event = Event::default().event("reset").data(
+                            json!({"detail": "events since the given id are no longer retained; re-read the resources you follow"})
+                                .to_string(),
+                        );
+                        return Some((Ok::<_, Infallible>(event), feed));
+                    }
+                    EventItem::Shutdown => {
+                        let event = Event::default().event("shutdown").data(
+                            json!({"detail": "the service is shutting down; reconnect with Last-Event-ID to resume"}).to_string(),
+                        );
+                        return Some((Ok(event), feed));
+                    }
+                    EventItem::Event(e) if filter(&e) => return Some((Ok(store_event(&e)), feed)),
+                    EventItem::Event(_) => continue,
+                }
+            }
+        }
+    });
+    let keepalive =
+        KeepAlive::new().interval(Duration::from_secs(state.config.live.keepalive_secs));
+    let mut response = Sse::new(greeting.chain(stream))
+        .keep_alive(keepalive)
+        .into_response();
+    sse_headers(response.headers_mut());
+    Ok(response)
+}
+
+/// The event types `/events` carries.
+pub const EVENT_TYPES: &[&str] = &[
+    "flows/created",
+    "flows/updated",
+    "flows/deleted",
+    "flows/grains_added",
+    "flows/grains_deleted",
+    "sources/created",
+    "sources/updated",
+    "sources/deleted",
+];
+
+fn store_event(e: &StoreEvent) -> Event {
+    let body = json!({
+        "event_type": e.event_type,
+        "event_timestamp": e.timestamp.to_string(),
+        "event": e.body,
+    });
+    Event::default()
+        .event(e.event_type)
+        .id(e.id.to_string())
+        .data(body.to_string())
+}
+
+enum EventItem {
+    Event(StoreEvent),
+    Reset,
+    Shutdown,
+}
+
+struct EventFeed {
+    state: AppState,
+    receiver: broadcast::Receiver<StoreEvent>,
+    backlog: VecDeque<StoreEvent>,
+    last: Option<EventId>,
+    reset_pending: bool,
+}
+
+impl EventFeed {
+    async fn next(&mut self) -> Option<EventItem> {
+        if self.reset_pending {
+            self.reset_pending = false;
+            return Some(EventItem::Reset);
+        }
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                if self.last.is_some_and(|l| e.id <= l) {
+                    continue;
+                }
+                self.last = Some(e.id);
+                return Some(EventItem::Event(e));
+            }
+            if self.state.shutdown.is_cancelled() {
+                return None;
+            }
+            tokio::select! {
+                received = self.receiver.recv() => match received {
+                    Ok(e) => self.backlog.push_back(e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the broadcast: catch up from the retained window.
+                        let (resume, receiver) = self.state.store.events().subscribe(self.last);
+                        self.receiver = receiver;
+                        match resume {
+                            Resume::From(backlog) => self.backlog = backlog.into(),
+                            Resume::Reset => return Some(EventItem::Reset),
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                () = self.state.shutdown.cancelled() => return Some(EventItem::Shutdown),
+            }
+        }
+    }
+}

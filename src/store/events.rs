@@ -1,0 +1,160 @@
+//! The service-wide event log: what changed in the store (TAMS event types), retained in a
+//! bounded window so a subscriber can resume by event id, and broadcast as it happens.
+//!
+//! Event ids are `<epoch>-<sequence>`: the epoch changes whenever the log starts afresh
+//! (a restart), so an id from before it is recognisably too old and the subscriber is
+//! told to reset instead of silently missing events.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::{FlowId, SourceId};
+use crate::time::Timestamp;
+
+/// One change in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreEvent {
+    /// The event's id, for resumption.
+    pub id: EventId,
+    /// TAMS event type: `flows/created`, `flows/grains_added`, ...
+    pub event_type: &'static str,
+    /// When it happened (TAI).
+    pub timestamp: Timestamp,
+    /// The flow concerned, if any (for filtering).
+    pub flow_id: Option<FlowId>,
+    /// The source concerned, if any (for filtering).
+    pub source_id: Option<SourceId>,
+    /// The event body: the resource, or what changed in it.
+    pub body: Value,
+}
+
+/// A position in the event log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventId {
+    /// Which incarnation of the log.
+    pub epoch: u64,
+    /// The event's place in it, from 1.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.seq)
+    }
+}
+
+impl std::str::FromStr for EventId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (epoch, seq) = s.split_once('-').ok_or(())?;
+        Ok(EventId {
+            epoch: epoch.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug)]
+pub enum Resume {
+    /// The retained events after the given id (oldest first), then the live ones.
+    From(Vec<StoreEvent>),
+    /// The id is older than the retained window or from another epoch: events were lost.
+    Reset,
+}
+
+/// The retained window and the live broadcast.
+pub struct EventLog {
+    epoch: u64,
+    /// A std mutex: held to append or copy out, never across an await.
+    state: Mutex<LogState>,
+    sender: broadcast::Sender<StoreEvent>,
+    retain: usize,
+}
+
+struct LogState {
+    next_seq: u64,
+    window: VecDeque<StoreEvent>,
+}
+
+impl EventLog {
+    /// A log retaining the last `retain` events.
+    pub fn new(retain: usize) -> EventLog {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        EventLog {
+            epoch,
+            state: Mutex::new(LogState {
+                next_seq: 1,
+                window: VecDeque::with_capacity(retain.min(4096)),
+            }),
+            sender: broadcast::channel(retain.clamp(16, 65536)).0,
+            retain: retain.max(1),
+        }
+    }
+
+    /// Records and broadcasts an event.
+    pub fn publish(
+        &self,
+        event_type: &'static str,
+        flow_id: Option<FlowId>,
+        source_id: Option<SourceId>,
+        body: Value,
+    ) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let event = StoreEvent {
+            id: EventId {
+                epoch: self.epoch,
+                seq: state.next_seq,
+            },
+            event_type,
+            timestamp: Timestamp::now(),
+            flow_id,
+            source_id,
+            body,
+        };
+        state.next_seq += 1;
+        if state.window.len() == self.retain {
+            state.window.pop_front();
+        }
+        state.window.push_back(event.clone());
+        // Sent under the lock so that subscribers see events in id order.
+        let _ = self.sender.send(event);
+    }
+
+    /// Subscribes to live events, starting after `after` when given (else from now).
+    pub fn subscribe(&self, after: Option<EventId>) -> (Resume, broadcast::Receiver<StoreEvent>) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let receiver = self.sender.subscribe();
+        let Some(after) = after else {
+            return (Resume::From(Vec::new()), receiver);
+        };
+        let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.id.seq);
+        // Resumable when the next event the client needs is still retained (or not yet
+        // published) and the id is from this incarnation.
+        if after.epoch != self.epoch
+            || after.seq + 1 < oldest_retained
+            || after.seq >= state.next_seq
+        {
+            return (Resume::Reset, receiver);
+        }
+        let backlog = state
+            .window
+            .iter()
+            .filter(|e| e.id.seq > after.seq)
+            .cloned()
+            .collect();
+        (Resume::From(backlog), receiver)
+    }
+
+    /// The id of the newest event, if any.
+    pub fn last_id(&self) -> Option<EventId> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.window.back().map(|e| e.id)
+    }
+}
