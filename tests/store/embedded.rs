@@ -1,0 +1,308 @@
+//! The embedded store: the conformance suite in two configurations, and what only this
+//! backend has — files on disk that can be corrupted, reopened and reclaimed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use grainstore::grain::Grain;
+use grainstore::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use grainstore::store::{FlowFilter, GrainQuery, PageRequest, SourceFilter, Store, StoreError};
+use tempfile::TempDir;
+
+use crate::helpers::*;
+
+/// Opens a store in a blocking task, as the service does at start-up.
+pub async fn open(config: EmbeddedConfig) -> EmbeddedStore {
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(config))
+        .await
+        .expect("open task")
+        .expect("open the store")
+}
+
+fn configured(dir: &Path, setup: StoreSetup) -> EmbeddedConfig {
+    let mut config = EmbeddedConfig::new(dir);
+    config.max_sessions = setup.max_sessions;
+    config.session_wait = setup.session_wait;
+    config
+}
+
+/// Every payload in a segment file, and segments so small that almost every payload
+/// starts a new one.
+fn segmented(dir: &Path, setup: StoreSetup) -> EmbeddedConfig {
+    let mut config = configured(dir, setup);
+    config.inline_max = 0;
+    config.segment_bytes = 4096;
+    config
+}
+
+/// The default configuration in a fresh directory.
+pub async fn open_default(setup: StoreSetup) -> (EmbeddedStore, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    (open(configured(dir.path(), setup)).await, dir)
+}
+
+/// The segment-heavy configuration in a fresh directory.
+pub async fn open_segmented(setup: StoreSetup) -> (EmbeddedStore, TempDir) {
+    let dir = TempDir::new().expect("temp dir");
+    (open(segmented(dir.path(), setup)).await, dir)
+}
+
+crate::store_conformance!(default_config, crate::embedded::open_default);
+crate::store_conformance!(segment_payloads, crate::embedded::open_segmented);
+
+/// The segment files present, sorted.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .expect("segments dir")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Polls `done` for up to ten seconds (the committer reclaims at least every second).
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_segment_byte_fails_the_read() {
+    let dir = TempDir::new().unwrap();
+    let store = open(segmented(dir.path(), StoreSetup::default())).await;
+    let flow = create(&store, video_flow()).await;
+    let sent: Vec<Grain> = (0..3).map(|s| frame(&flow, secs(s), 10_000, 20)).collect();
+    write(&store, flow.id, sent.clone()).await.unwrap();
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 3, "one payload per segment");
+
+    // Flip one byte of the second grain's payload.
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    bytes[5000] ^= 0x40;
+    std::fs::write(&files[1], &bytes).unwrap();
+    let session = store.open_read(flow.id).await.unwrap();
+    assert!(matches!(
+        session.get(secs(1), true).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_stored(
+        &session.get(secs(0), true).await.unwrap().unwrap(),
+        &sent[0],
+    );
+    let mut stream = session.grains(GrainQuery::all());
+    assert_stored(&stream.next().await.unwrap().unwrap(), &sent[0]);
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(StoreError::Corrupt(_)))
+    ));
+    drop(stream);
+    // Without its payload the grain's header is still readable.
+    let bare = session.get(secs(1), false).await.unwrap().unwrap();
+    assert_eq!(with_creation(bare, None).header(), sent[1].header());
+
+    // A segment cut short fails the same way.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[2])
+        .unwrap();
+    file.set_len(100).unwrap();
+    assert!(matches!(
+        session.get(secs(2), true).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+async fn snapshot_of(store: &EmbeddedStore) -> (Vec<grainstore::store::FlowInfo>, Vec<Vec<Grain>>) {
+    let all = PageRequest {
+        limit: 1000,
+        after: None,
+    };
+    let flows = store
+        .list_flows(&FlowFilter::default(), &all)
+        .await
+        .unwrap();
+    let mut grains = Vec::new();
+    for info in &flows.items {
+        grains.push(read_all(store, info.flow.id).await);
+    }
+    (flows.items, grains)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_everything() {
+    for segments in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let config = if segments {
+            let mut config = segmented(dir.path(), StoreSetup::default());
+            config.segment_bytes = 100_000;
+            config
+        } else {
+            configured(dir.path(), StoreSetup::default())
+        };
+        let store = open(config.clone()).await;
+        let mut a = create(&store, video_flow()).await;
+        let b = create(&store, video_flow()).await;
+        let sizes = [0, 10, 17_000, 40_000, 70_000, 1 << 20];
+        for (i, len) in sizes.into_iter().enumerate() {
+            write(&store, a.id, [frame(&a, secs(i as i64), len, 21)])
+                .await
+                .unwrap();
+        }
+        write(&store, b.id, (0..20).map(|s| event(&b, secs(s), "b")))
+            .await
+            .unwrap();
+        store.delete_grains(a.id, &tr("[1:0_3:0)")).await.unwrap();
+        a.label = Some("relabelled".into());
+        store.put_flow(a.clone()).await.unwrap();
+        let before = snapshot_of(&store).await;
+        let sources = store
+            .list_sources(
+                &SourceFilter::default(),
+                &PageRequest {
+                    limit: 10,
+                    after: None,
+                },
+            )
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = open(config.clone()).await;
+        assert_eq!(snapshot_of(&store).await, before, "segments: {segments}");
+        assert_eq!(
+            store
+                .list_sources(
+                    &SourceFilter::default(),
+                    &PageRequest {
+                        limit: 10,
+                        after: None
+                    }
+                )
+                .await
+                .unwrap(),
+            sources
+        );
+        // Appending after a reopen continues the segments without harm.
+        let more: Vec<Grain> = (10..14).map(|s| frame(&a, secs(s), 30_000, 22)).collect();
+        write(&store, a.id, more.clone()).await.unwrap();
+        let after = snapshot_of(&store).await;
+        drop(store);
+        let store = open(config).await;
+        assert_eq!(snapshot_of(&store).await, after);
+        let tail = read_all(&store, a.id).await;
+        for (got, sent) in tail[tail.len() - 4..].iter().zip(&more) {
+            assert_stored(got, sent);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_repairs_what_a_crash_leaves() {
+    let dir = TempDir::new().unwrap();
+    let mut config = segmented(dir.path(), StoreSetup::default());
+    config.segment_bytes = 1 << 20;
+    let store = open(config.clone()).await;
+    let flow = create(&store, video_flow()).await;
+    let sent: Vec<Grain> = (0..3).map(|s| frame(&flow, secs(s), 5_000, 23)).collect();
+    write(&store, flow.id, sent.clone()).await.unwrap();
+    drop(store);
+
+    // An append whose commit never happened, and a segment no commit recorded.
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let committed_len = std::fs::metadata(&files[0]).unwrap().len();
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes.extend_from_slice(&[0xee; 777]);
+    std::fs::write(&files[0], &bytes).unwrap();
+    let orphan = dir.path().join("segments").join("00000000000000ff.seg");
+    std::fs::write(&orphan, b"half a payload").unwrap();
+
+    let store = open(config).await;
+    assert!(!orphan.exists(), "an unknown segment is removed");
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), committed_len);
+    let next = frame(&flow, secs(3), 5_000, 23);
+    write(&store, flow.id, [next.clone()]).await.unwrap();
+    let got = read_all(&store, flow.id).await;
+    assert_eq!(got.len(), 4);
+    for (got, sent) in got.iter().zip(sent.iter().chain([&next])) {
+        assert_stored(got, sent);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_segments_are_unlinked_once_unread() {
+    let dir = TempDir::new().unwrap();
+    let mut config = segmented(dir.path(), StoreSetup::default());
+    config.segment_bytes = 64 << 10;
+    let store = open(config).await;
+    let flow = create(&store, video_flow()).await;
+    let other = create(&store, video_flow()).await;
+    let sent: Vec<Grain> = (0..10).map(|s| frame(&flow, secs(s), 40_000, 24)).collect();
+    for grain in &sent {
+        write(&store, flow.id, [grain.clone()]).await.unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 10, "one 40 kB payload per 64 kB segment");
+
+    let old = store.open_read(flow.id).await.unwrap();
+    assert_eq!(
+        store
+            .delete_grains(flow.id, &tr("[0:0_5:0)"))
+            .await
+            .unwrap(),
+        5
+    );
+    let newer = store.open_read(flow.id).await.unwrap();
+    // Commits run the reclaimer; give it several chances.
+    for s in 0..3 {
+        write(&store, other.id, [frame(&other, secs(s), 10, 0)])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        files.iter().all(|f| f.exists()),
+        "an older session still reads them"
+    );
+    let seen = collect(&old, GrainQuery::all()).await.unwrap();
+    assert_eq!(seen.len(), 10);
+    for (got, sent) in seen.iter().zip(&sent) {
+        assert_stored(got, sent);
+    }
+    drop(old);
+    // A session opened after the delete does not hold the dead segments.
+    write(&store, other.id, [frame(&other, secs(9), 10, 0)])
+        .await
+        .unwrap();
+    eventually("dead segments unlinked", || {
+        files[..5].iter().all(|f| !f.exists())
+    })
+    .await;
+    assert!(files[5..].iter().all(|f| f.exists()));
+    assert_eq!(collect(&newer, GrainQuery::all()).await.unwrap().len(), 5);
+    drop(newer);
+
+    // Deleting the flow empties every segment, the one being appended to included: it
+    // goes once appends have moved on to another.
+    store.delete_flow(flow.id).await.unwrap();
+    store.delete_flow(other.id).await.unwrap();
+    let recreated = create(&store, video_flow()).await;
+    for s in 0..3 {
+        write(
+            &store,
+            recreated.id,
+            [frame(&recreated, secs(s), 40_000, 25)],
+        )
+        .await
+        .unwrap();
+    }
+    eventually("every emptied segment unlinked", || {
+        files.iter().all(|f| !f.exists())
+    })
+    .await;
+    assert_eq!(read_all(&store, recreated.id).await.len(), 3);
+}
