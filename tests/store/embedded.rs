@@ -306,3 +306,26 @@ async fn deleted_segments_are_unlinked_once_unread() {
     .await;
     assert_eq!(read_all(&store, recreated.id).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_emptied_while_appended_to_is_unlinked_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    let config = segmented(dir.path(), StoreSetup::default());
+    let store = open(config.clone()).await;
+    let flow = create(&store, video_flow()).await;
+    // One payload larger than a segment: the segment is full but still the one being
+    // appended to when its only grain is deleted.
+    write(&store, flow.id, [frame(&flow, secs(0), 10_000, 26)])
+        .await
+        .unwrap();
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1);
+    store.delete_grains(flow.id, &tr("_")).await.unwrap();
+    drop(store);
+
+    let store = open(config).await;
+    eventually("the emptied segment unlinked", || !files[0].exists()).await;
+    let grain = frame(&flow, secs(1), 10_000, 26);
+    write(&store, flow.id, [grain.clone()]).await.unwrap();
+    assert_stored(&read_all(&store, flow.id).await[0], &grain);
+}

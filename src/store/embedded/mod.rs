@@ -153,10 +153,25 @@ impl EmbeddedStore {
             txn.open_table(GRAINS).map_err(engine)?;
             txn.open_table(FLOWS).map_err(engine)?;
             txn.open_table(SOURCES).map_err(engine)?;
-            let table = txn.open_table(SEGMENTS).map_err(engine)?;
+            let mut table = txn.open_table(SEGMENTS).map_err(engine)?;
             for entry in table.iter().map_err(engine)? {
                 let (id, value) = entry.map_err(engine)?;
                 known.insert(id.value(), value.value());
+            }
+            // A segment emptied while it was being appended to keeps its entry; unless it
+            // becomes the active segment again, nothing would ever free it. No snapshot
+            // is open yet, so it can go now (its file goes with the unknown ones below).
+            let last = known.keys().next_back().copied();
+            let dead: Vec<u64> = known
+                .iter()
+                .filter(|&(&id, &(len, live))| {
+                    live == 0 && !(Some(id) == last && len < config.segment_bytes)
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            for id in dead {
+                table.remove(id).map_err(engine)?;
+                known.remove(&id);
             }
         }
         txn.commit().map_err(engine)?;
