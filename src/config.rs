@@ -118,6 +118,7 @@ impl Config {
             inline_max: self.storage.inline_max_bytes,
             segment_bytes: self.storage.segment_bytes,
             event_retention: self.live.event_retention,
+            index_cache_bytes: self.storage.index_cache_bytes,
         }
     }
 }
@@ -146,6 +147,8 @@ pub struct StorageConfig {
     pub inline_max_bytes: usize,
     /// Size of the embedded store's segment files.
     pub segment_bytes: u64,
+    /// Memory for the embedded index's page cache.
+    pub index_cache_bytes: usize,
 }
 
 /// Log output format.

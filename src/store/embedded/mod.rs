@@ -82,6 +82,9 @@ pub struct EmbeddedConfig {
     pub segment_bytes: u64,
     /// How many service events are retained for resumption.
     pub event_retention: usize,
+    /// Memory for the index's page cache. Small payloads live in the index, so this
+    /// bounds what a long read of small grains keeps resident.
+    pub index_cache_bytes: usize,
 }
 
 impl EmbeddedConfig {
@@ -94,6 +97,7 @@ impl EmbeddedConfig {
             inline_max: 16 << 10,
             segment_bytes: 1 << 30,
             event_retention: 10_000,
+            index_cache_bytes: 32 << 20,
         }
     }
 }
@@ -145,7 +149,10 @@ impl EmbeddedStore {
     /// Blocking: call it from a blocking context or at start-up.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = Database::create(config.data_dir.join("index.redb")).map_err(engine)?;
+        let db = redb::Builder::new()
+            .set_cache_size(config.index_cache_bytes)
+            .create(config.data_dir.join("index.redb"))
+            .map_err(engine)?;
         let segments = Segments::open(&config.data_dir.join("segments"))?;
         let txn = db.begin_write().map_err(engine)?;
         let mut known = std::collections::BTreeMap::new();
