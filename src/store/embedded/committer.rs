@@ -231,13 +231,14 @@ impl State {
                 for flow in &group.touched {
                     self.shared.notifier.notify(*flow);
                 }
-                for (request, reply) in requests.into_iter().zip(replies) {
-                    let _ = request.reply.send(reply);
-                }
+                // Events too: once a write has returned, /events already reports it.
                 for e in group.events {
                     self.shared
                         .events
                         .publish(e.event_type, e.flow, e.source, e.body);
+                }
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    let _ = request.reply.send(reply);
                 }
             }
             Err(e) => {
