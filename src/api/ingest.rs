@@ -21,10 +21,15 @@ pub enum BodyFormat {
 const HEADER_ALLOWANCE: usize = 64 << 10;
 
 /// An incremental decoder of an upload body.
-pub enum BodyDecoder {
-    /// GSF.
+pub struct BodyDecoder {
+    format: FormatDecoder,
+    /// The largest payload accepted. The format decoders' own limits leave room for the
+    /// headers, so they stop a huge block before buffering it; this is the exact check.
+    max_grain_bytes: usize,
+}
+
+enum FormatDecoder {
     Gsf(GsfDecoder),
-    /// NDJSON.
     Ndjson(NdjsonDecoder),
 }
 
@@ -39,48 +44,68 @@ pub struct Decoded {
 impl BodyDecoder {
     /// A decoder for `format` refusing payloads over `max_grain_bytes`.
     pub fn new(format: BodyFormat, max_grain_bytes: usize) -> BodyDecoder {
-        match format {
-            BodyFormat::Gsf => BodyDecoder::Gsf(
+        let format = match format {
+            BodyFormat::Gsf => FormatDecoder::Gsf(
                 GsfDecoder::new().with_max_grain_size(max_grain_bytes + HEADER_ALLOWANCE),
             ),
-            BodyFormat::Ndjson => BodyDecoder::Ndjson(NdjsonDecoder::new(
+            BodyFormat::Ndjson => FormatDecoder::Ndjson(NdjsonDecoder::new(
                 // base64 grows the payload by 4/3; the metadata needs room too.
                 max_grain_bytes / 3 * 4 + 4 + HEADER_ALLOWANCE,
             )),
+        };
+        BodyDecoder {
+            format,
+            max_grain_bytes,
         }
     }
 
     /// Feeds the next chunk of the body.
     pub fn push(&mut self, chunk: Bytes) {
-        match self {
-            BodyDecoder::Gsf(d) => d.push(chunk),
-            BodyDecoder::Ndjson(d) => d.push(chunk),
+        match &mut self.format {
+            FormatDecoder::Gsf(d) => d.push(chunk),
+            FormatDecoder::Ndjson(d) => d.push(chunk),
         }
     }
 
     /// The next complete grain, if its bytes are all in.
     pub fn next_grain(&mut self) -> Result<Option<Decoded>, ApiError> {
-        match self {
-            BodyDecoder::Gsf(d) => loop {
+        let decoded = match &mut self.format {
+            FormatDecoder::Gsf(d) => loop {
                 let offset = d.offset();
                 match d.next_event().map_err(gsf_problem)? {
-                    Some(GsfEvent::Grain { grain, .. }) => {
-                        return Ok(Some(Decoded { grain, offset }));
-                    }
+                    Some(GsfEvent::Grain { grain, .. }) => break Some(Decoded { grain, offset }),
                     Some(GsfEvent::Head(_) | GsfEvent::End) => continue,
-                    None => return Ok(None),
+                    None => break None,
                 }
             },
-            BodyDecoder::Ndjson(d) => d.next_grain(),
-        }
+            FormatDecoder::Ndjson(d) => d.next_grain()?,
+        };
+        decoded.map(|d| self.within_limit(d)).transpose()
     }
 
     /// Checks that the body ended cleanly (on a grain boundary).
     pub fn finish(&mut self) -> Result<Option<Decoded>, ApiError> {
-        match self {
-            BodyDecoder::Gsf(d) => d.finish().map(|()| None).map_err(gsf_problem),
-            BodyDecoder::Ndjson(d) => d.finish(),
+        let decoded = match &mut self.format {
+            FormatDecoder::Gsf(d) => d.finish().map(|()| None).map_err(gsf_problem)?,
+            FormatDecoder::Ndjson(d) => d.finish()?,
+        };
+        decoded.map(|d| self.within_limit(d)).transpose()
+    }
+
+    fn within_limit(&self, decoded: Decoded) -> Result<Decoded, ApiError> {
+        let len = decoded.grain.payload().len();
+        if len > self.max_grain_bytes {
+            return Err(ApiError::too_large(
+                "limits.max_grain_bytes",
+                format!(
+                    "the grain at {} has a payload of {len} bytes, over {} bytes",
+                    decoded.grain.origin_timestamp(),
+                    self.max_grain_bytes
+                ),
+            )
+            .with_offset(decoded.offset));
         }
+        Ok(decoded)
     }
 }
 
