@@ -45,6 +45,124 @@ pub struct Config {
     pub cors: CorsConfig,
     /// How the service logs.
     pub log: LogConfig,
+    /// Who may call the API.
+    pub auth: AuthConfig,
+}
+
+/// A secret from the configuration: never shown by `Debug`, so a logged configuration
+/// cannot leak it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `text`.
+    pub fn new(text: impl Into<String>) -> Secret {
+        Secret(text.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request is allowed (a development or trusted-network setting).
+    None,
+    /// Static bearer tokens from the configuration.
+    Token,
+    /// Signed JSON Web Tokens.
+    Jwt,
+}
+
+/// The `[auth]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`, `token` or `jwt`.
+    pub mode: AuthMode,
+    /// The realm named in `WWW-Authenticate`.
+    pub realm: String,
+    /// The names of the four scopes, as they appear in tokens.
+    pub scopes: ScopeNames,
+    /// Static tokens (mode `token`).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// A TOML file of more `[[tokens]]`, so that secrets need not be in the main
+    /// configuration; empty for none.
+    pub tokens_file: PathBuf,
+    /// Signed tokens (mode `jwt`).
+    pub jwt: JwtConfig,
+}
+
+/// The names of the scopes (`[auth.scopes]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeNames {
+    /// Reading flows, sources, grains, live streams and metrics.
+    pub read: String,
+    /// Creating and updating flows, writing grains.
+    pub write: String,
+    /// Deleting flows and grains.
+    pub delete: String,
+    /// Every scope at once.
+    pub admin: String,
+}
+
+/// One static token (`[[auth.tokens]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and per-credential limits (never the token itself).
+    #[serde(default)]
+    pub name: String,
+    /// The token itself; or give `token_sha256`.
+    #[serde(default)]
+    pub token: Secret,
+    /// The SHA-256 of the token, in hex, so the configuration need not hold the token.
+    #[serde(default)]
+    pub token_sha256: String,
+    /// The scopes the token grants.
+    pub scopes: Vec<String>,
+}
+
+/// The `[auth.jwt]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The accepted signature algorithms: `HS256`, `RS256`, `ES256`.
+    pub algorithms: Vec<String>,
+    /// The shared secret of HS256; prefer `hs256_secret_file` or the environment.
+    pub hs256_secret: Secret,
+    /// A file holding the HS256 secret (trailing newline ignored); empty for none.
+    pub hs256_secret_file: PathBuf,
+    /// A PEM file with the public key of RS256 or ES256; empty for none.
+    pub public_key_file: PathBuf,
+    /// Accepted `aud` values; a token must name one of them. Empty: `aud` not checked.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values. Empty: `iss` not checked.
+    pub issuer: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
 }
 
 /// The `[limits]` section.
@@ -55,6 +173,8 @@ pub struct LimitsConfig {
     pub max_grain_bytes: usize,
     /// The largest JSON request body, in bytes.
     pub max_json_body_bytes: usize,
+    /// The most grains one request may write; 0 for no limit.
+    pub max_grains_per_request: u64,
     /// The `limit` of a listing when the client gives none.
     pub default_page_limit: usize,
     /// The largest `limit` of a listing.
@@ -73,6 +193,10 @@ pub struct LiveConfig {
     pub retry_ms: u64,
     /// Service events retained for resumption.
     pub event_retention: usize,
+    /// Live streams (SSE, `follow=true` reads, `/events`) open at once in total.
+    pub max_streams: usize,
+    /// Live streams open at once per credential (not applied with `auth.mode = "none"`).
+    pub max_streams_per_credential: usize,
 }
 
 /// The `[cors]` section.
@@ -222,7 +346,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 12] = [
+            ("live.max_streams", self.live.max_streams as u64),
+            (
+                "live.max_streams_per_credential",
+                self.live.max_streams_per_credential as u64,
+            ),
             ("live.keepalive_secs", self.live.keepalive_secs),
             ("live.event_retention", self.live.event_retention as u64),
             (
@@ -275,6 +404,12 @@ impl Config {
                     "must be at most {} (what GSF can carry)",
                     crate::grain::MAX_PAYLOAD_LEN
                 ),
+            });
+        }
+        if let Err(e) = crate::api::auth::Authenticator::new(&self.auth) {
+            return Err(ConfigError::Value {
+                key: e.key,
+                reason: e.reason,
             });
         }
         if self

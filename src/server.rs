@@ -16,7 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::config::{Backend, Config};
+use crate::config::{AuthMode, Backend, Config};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
 
@@ -99,6 +99,7 @@ impl Server {
             backend = self.state.store.backend_name(),
             "grainstore listening"
         );
+        warn_if_open(&self.config, addr);
         let app = api::router(self.state.clone());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -147,6 +148,19 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Warns loudly when the service takes requests from other machines without access
+/// control: anyone who can reach the port can then read, write and delete every flow.
+fn warn_if_open(config: &Config, addr: SocketAddr) {
+    if config.auth.mode == AuthMode::None && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "ACCESS CONTROL IS OFF: auth.mode = \"none\" on a non-loopback address; anyone who \
+             can reach this port can read, write and delete every flow. Set auth.mode to \
+             \"token\" or \"jwt\" (see SECURITY.md), or listen on 127.0.0.1"
+        );
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Problem {
     /// Seconds after which a retry may succeed (sent as `Retry-After`).
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// The challenge of a 401 or 403 (sent as `WWW-Authenticate`).
+    #[serde(skip)]
+    pub www_authenticate: Option<String>,
 }
 
 fn status_code<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -81,6 +84,7 @@ impl ApiError {
             offset: None,
             timestamp: None,
             retry_after: None,
+            www_authenticate: None,
         }))
     }
 
@@ -166,6 +170,18 @@ impl ApiError {
         e
     }
 
+    /// 429 with `Retry-After`: this client is over its own share of a limit.
+    pub fn too_many(limit: &str, detail: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:grainstore:problem:too-many",
+            "Too many requests",
+            format!("{} (limit `{limit}`)", detail.into()),
+        );
+        e.retry_after = Some(5);
+        e
+    }
+
     /// 500: a fault of the service itself.
     pub fn internal(detail: impl Into<String>) -> ApiError {
         ApiError::new(
@@ -247,6 +263,13 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self
+            .www_authenticate
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

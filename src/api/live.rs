@@ -9,9 +9,9 @@
 //! (`Last-Event-ID`, `after=`) misses nothing and repeats nothing. Grains committed with
 //! timestamps before the position (backfill) are not sent live; `/events` reports them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -23,13 +23,120 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Principal;
 use super::params::{QueryParams, parse_timestamp};
 use super::{ApiError, ApiResult, AppState};
+use crate::config::LiveConfig;
 use crate::grain::Grain;
 use crate::store::{
     CommitWatch, EventId, FlowId, GrainQuery, Order, Resume, Store, StoreError, StoreEvent,
 };
 use crate::time::{Bound, TimeRange, Timestamp};
+
+/// Bounds on the live streams open at once, in total and per credential, so that no
+/// client (or crowd of clients) can hold an unbounded number of them.
+#[derive(Debug)]
+pub struct StreamLimits {
+    max_total: usize,
+    max_per_credential: usize,
+    /// (streams open, streams open per principal id). A std mutex: held for one update.
+    open: Mutex<(usize, HashMap<Arc<str>, usize>)>,
+}
+
+/// One open live stream's place; dropping it (when the response body ends, however it
+/// ends) frees the place.
+#[derive(Debug)]
+pub struct StreamPermit {
+    limits: Arc<StreamLimits>,
+    /// The principal counted, or `None` when per-credential counting does not apply.
+    principal: Option<Arc<str>>,
+}
+
+impl StreamLimits {
+    /// The limits of `live.max_streams` and `live.max_streams_per_credential`.
+    pub fn new(config: &LiveConfig) -> Arc<StreamLimits> {
+        Arc::new(StreamLimits {
+            max_total: config.max_streams,
+            max_per_credential: config.max_streams_per_credential,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Takes a place for a new stream of `principal`: 503 when the service is at
+    /// `live.max_streams`, 429 when the credential is at its own limit. The anonymous
+    /// principal (no access control) is only counted in the total.
+    pub fn acquire(self: &Arc<Self>, principal: &Principal) -> ApiResult<StreamPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.max_total {
+            let mut problem = ApiError::overloaded(format!(
+                "the service has {} live streams open, its limit (limit `live.max_streams`); retry shortly",
+                self.max_total
+            ));
+            problem.retry_after = Some(5);
+            return Err(problem);
+        }
+        let counted = (!principal.anonymous).then(|| principal.id.clone());
+        if let Some(id) = &counted {
+            let mine = open.1.get(id).copied().unwrap_or(0);
+            if mine >= self.max_per_credential {
+                return Err(ApiError::too_many(
+                    "live.max_streams_per_credential",
+                    format!(
+                        "this credential has {mine} live streams open; close one before opening another"
+                    ),
+                ));
+            }
+            *open.1.entry(id.clone()).or_default() += 1;
+        }
+        open.0 += 1;
+        Ok(StreamPermit {
+            limits: self.clone(),
+            principal: counted,
+        })
+    }
+
+    /// Live streams open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(id) = &self.principal {
+            if let Some(n) = open.1.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    open.1.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a request opens a live stream: `GET /events`, or a `GET` of a flow's grains
+/// as `text/event-stream` or with `follow=true`.
+pub fn is_live_request(
+    route: Option<&str>,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> bool {
+    if method != axum::http::Method::GET {
+        return false;
+    }
+    match route {
+        Some("/events") => true,
+        Some("/flows/{id}/grains") => {
+            super::auth::is_event_stream(headers)
+                || form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .any(|(name, value)| name == "follow" && value == "true")
+        }
+        _ => false,
+    }
+}
 
 /// How many grains a live feed reads per snapshot.
 const LIVE_PAGE: u64 = 256;

@@ -6,22 +6,36 @@
 //! 4. metrics: requests by route and status, time to response headers;
 //! 5. load shedding: past `server.max_concurrent_requests` requests in their handlers, a
 //!    request is refused at once with 503 and `Retry-After` instead of queueing;
-//! 6. CORS, as configured;
-//! 7. compression of JSON responses only (never GSF, NDJSON or event streams, whose
+//! 6. CORS, as configured (outside authentication: preflights carry no credentials, and
+//!    a browser must be able to read a 401);
+//! 7. authentication and authorization (see [`super::auth`]): the bearer token (or, for
+//!    event streams, the `access_token` query parameter, removed from the query here so
+//!    that neither handlers nor logs see it) becomes a [`Principal`], and the route's
+//!    scope is checked: 401 or 403 problems otherwise;
+//! 8. live stream limits: SSE subscriptions, `follow=true` reads and `/events` take a
+//!    place in `live.max_streams` (503) and `live.max_streams_per_credential` (429),
+//!    held by the response body until it ends;
+//! 9. compression of JSON responses only (never GSF, NDJSON or event streams, whose
 //!    payloads are media and whose latency matters);
-//! 8. a deadline for reaching response headers (not applied to uploads, which are
-//!    bounded by the body idle timeout instead, nor to the streams after their headers).
+//! 10. a deadline for reaching response headers (not applied to uploads, which are
+//!     bounded by the body idle timeout instead, nor to the streams after their headers).
 //!
-//! Request heads are bounded by the server's header read timeout (see `server`).
+//! Request heads are bounded by the server's header read timeout (see `server`). The
+//! request span records the path only, never the query string or headers, and the
+//! principal's name, never its credential.
+
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -30,15 +44,25 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use super::auth::{self, Authenticator, Principal};
+use super::live::{self, StreamLimits};
 use super::{ApiError, AppState};
 
 /// Wraps the routes in the service's middleware.
 pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors.allowed_origins);
     let max_requests = state.config.server.max_concurrent_requests;
+    let authenticator = Arc::new(Authenticator::new(&state.config.auth).unwrap_or_else(|e| {
+        // `Config::load` has checked this already; refuse everyone rather than run open.
+        tracing::error!(key = e.key, reason = %e.reason, "invalid [auth] configuration; every request will be refused");
+        Authenticator::deny_all(&state.config.auth.realm)
+    }));
+    let streams = StreamLimits::new(&state.config.live);
     routes
         .layer(middleware::from_fn_with_state(state.clone(), response_deadline))
         .layer(CompressionLayer::new().compress_when(JsonOnly))
+        .layer(middleware::from_fn_with_state(streams, limit_live_streams))
+        .layer(middleware::from_fn_with_state(authenticator, authorize))
         .layer(cors)
         .layer(
             ServiceBuilder::new()
@@ -56,7 +80,8 @@ pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+                // The path only: the query may hold an `access_token`.
+                tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path(), principal = tracing::field::Empty)
             }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -142,6 +167,95 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         started.elapsed(),
     );
     response
+}
+
+/// Authenticates the request and checks the scope of its route (see [`super::auth`]).
+async fn authorize(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    // Taken out of every request, so handlers' strict query parsing never sees it.
+    let query_token = auth::take_query_token(request.uri_mut());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let Some(scope) = auth::required_scope(route.as_deref(), request.method()) else {
+        return next.run(request).await;
+    };
+    let principal = (|| {
+        let query_token = query_token?;
+        if query_token.is_some() && !auth::is_event_stream(request.headers()) {
+            return Err(auth::AuthFailure::BadRequest(
+                "`access_token` is accepted only on event streams (Accept: text/event-stream); send `Authorization: Bearer TOKEN`".into(),
+            ));
+        }
+        let header_token = auth::header_token(request.headers())?;
+        if header_token.is_some() && query_token.is_some() {
+            return Err(auth::AuthFailure::BadRequest(
+                "give the token in the Authorization header or in `access_token`, not both".into(),
+            ));
+        }
+        auth.authenticate(header_token.or(query_token.as_deref()))
+    })();
+    let principal = match principal {
+        Ok(principal) => principal,
+        Err(failure) => {
+            tracing::debug!(reason = ?failure, "credentials refused");
+            return auth.unauthorized(&failure).into_response();
+        }
+    };
+    tracing::Span::current().record("principal", &*principal.id);
+    if !principal.allows(scope) {
+        tracing::debug!(principal = %principal.id, ?scope, "scope missing");
+        let route = route.unwrap_or_else(|| request.uri().path().to_owned());
+        return auth
+            .forbidden(scope, request.method(), &route)
+            .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Bounds the live streams open at once; the place is held by the response body.
+async fn limit_live_streams(
+    State(streams): State<Arc<StreamLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str());
+    if !live::is_live_request(
+        route,
+        request.method(),
+        request.headers(),
+        request.uri().query(),
+    ) {
+        return next.run(request).await;
+    }
+    let anonymous = Principal::anonymous();
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .unwrap_or(&anonymous);
+    let permit = match streams.acquire(principal) {
+        Ok(permit) => permit,
+        Err(problem) => return problem.into_response(),
+    };
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            // The permit lives as long as the body.
+            let _ = &permit;
+            chunk
+        }))
+    })
 }
 
 /// Refuses requests that do not reach their response headers in time (uploads excepted).

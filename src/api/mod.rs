@@ -5,9 +5,11 @@
 //! - [`sources`] and [`flows`]: the TAMS-style resources.
 //! - [`grains`]: grain reads and writes as streams.
 //! - [`params`]: strict parsing of query parameters and headers.
-//! - [`middleware`]: tracing, timeouts, limits, load shedding, CORS, compression, metrics.
+//! - [`middleware`]: tracing, timeouts, limits, load shedding, CORS, auth, compression, metrics.
+//! - [`auth`]: access control: credentials, scopes, the 401/403 problems.
 //! - [`error`]: [`ApiError`], rendered as `application/problem+json`.
 
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod flows;
