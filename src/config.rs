@@ -219,7 +219,7 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Time allowed to reach response headers, in milliseconds.
     pub response_headers_timeout_ms: u64,
-    /// Time an upload body may stay silent, in milliseconds.
+    /// Time an upload body may go without completing a grain, in milliseconds.
     pub body_idle_timeout_ms: u64,
     /// Requests served at once before shedding load.
     pub max_concurrent_requests: usize,

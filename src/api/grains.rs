@@ -176,9 +176,13 @@ pub async fn write(
         staged: Vec::new(),
         received: 0,
         grains: 0,
+        max_grains: state.config.limits.max_grains_per_request,
     };
     let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
     let mut chunks = body.into_data_stream();
+    // The body must complete a grain at least every `idle`: a client trickling bytes
+    // (slow loris) holds a write session as surely as a silent one.
+    let mut progress_deadline = tokio::time::Instant::now() + idle;
     loop {
         // Commit whenever the body has nothing more for now, so live readers see the
         // grains within milliseconds even from a slow, long upload.
@@ -188,7 +192,7 @@ pub async fn write(
                 if session.staged() > 0 {
                     upload.commit(&mut session).await?;
                 }
-                match tokio::time::timeout(idle, chunks.next()).await {
+                match tokio::time::timeout_at(progress_deadline, chunks.next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         let problem = ApiError::new(
@@ -196,7 +200,7 @@ pub async fn write(
                             "urn:grainstore:problem:body-idle",
                             "Request body idle",
                             format!(
-                                "the body sent nothing for {} ms (limit `server.body_idle_timeout_ms`)",
+                                "the body completed no grain for {} ms (limit `server.body_idle_timeout_ms`)",
                                 idle.as_millis()
                             ),
                         );
@@ -217,7 +221,10 @@ pub async fn write(
                 upload.decoder.push(chunk);
                 loop {
                     match upload.decoder.next_grain() {
-                        Ok(Some(decoded)) => upload.stage(&mut session, decoded).await?,
+                        Ok(Some(decoded)) => {
+                            upload.stage(&mut session, decoded).await?;
+                            progress_deadline = tokio::time::Instant::now() + idle;
+                        }
                         Ok(None) => break,
                         Err(problem) => return Err(upload.fault(&mut session, problem).await),
                     }
@@ -283,12 +290,25 @@ struct Upload {
     staged: Vec<(Timestamp, u64)>,
     received: u64,
     grains: u64,
+    /// `limits.max_grains_per_request`; 0 for no limit.
+    max_grains: u64,
 }
 
 impl Upload {
     async fn stage(&mut self, session: &mut WriteSession, decoded: Decoded) -> ApiResult<()> {
         let Decoded { grain, offset } = decoded;
         let timestamp = grain.origin_timestamp();
+        if self.max_grains > 0 && self.grains >= self.max_grains {
+            let problem = ApiError::too_large(
+                "limits.max_grains_per_request",
+                format!(
+                    "the request holds more than {} grains; send the rest in another request",
+                    self.max_grains
+                ),
+            )
+            .with_offset(offset);
+            return Err(self.fault(session, problem).await);
+        }
         if let Err(e) = session.stage(grain) {
             let problem = ApiError::from(e).with_offset(offset);
             return Err(self.fault(session, problem).await);

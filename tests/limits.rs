@@ -1,0 +1,335 @@
+//! Limits against abuse, against the real server: grains per request, live streams in
+//! total and per credential, a slow-loris upload, a subscriber that never reads, and a
+//! client that never finishes its request head.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use grainstore::config::{AuthMode, Secret, TokenConfig};
+use serde_json::Value;
+use support::{App, PATIENCE, ndjson, spawn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+async fn post_ndjson(app: &App, flow: Uuid, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/flows/{flow}/grains")))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("POST")
+}
+
+async fn count_grains(app: &App, flow: Uuid) -> usize {
+    let text = app
+        .client
+        .get(app.url(&format!("/flows/{flow}/grains?payload=none")))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines().count()
+}
+
+async fn sessions_active(app: &App) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("grainstore_store_sessions_active "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("sessions gauge")
+}
+
+#[tokio::test]
+async fn grains_per_request_are_bounded_and_the_rest_is_kept() {
+    let app = spawn(|c| c.limits.max_grains_per_request = 5).await;
+    let (flow, source) = app.create_flow(None).await;
+    let response = post_ndjson(&app, flow, ndjson(flow, source, 0..8, 10)).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:grainstore:problem:too-large");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_grains_per_request"),
+        "{problem}"
+    );
+    assert_eq!(problem["committed"], 5, "{problem}");
+    assert!(problem["offset"].as_u64().unwrap() > 0);
+    assert_eq!(count_grains(&app, flow).await, 5);
+    // At the limit exactly is fine.
+    let response = post_ndjson(&app, flow, ndjson(flow, source, 10..15, 10)).await;
+    assert_eq!(response.status(), 201);
+}
+
+fn sse_request(app: &App, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    let request = app
+        .client
+        .get(app.url(path))
+        .header("accept", "text/event-stream");
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+#[tokio::test]
+async fn live_streams_are_bounded_per_credential_and_in_total() {
+    let alice = format!("alice-{}", Uuid::new_v4().simple());
+    let bob = format!("bob-{}", Uuid::new_v4().simple());
+    let (a, b) = (alice.clone(), bob.clone());
+    let app = spawn(move |c| {
+        c.live.max_streams = 3;
+        c.live.max_streams_per_credential = 2;
+        c.live.keepalive_secs = 1;
+        c.auth.mode = AuthMode::Token;
+        c.auth.tokens = [("alice", a), ("bob", b)]
+            .into_iter()
+            .map(|(name, token)| TokenConfig {
+                name: name.into(),
+                token: Secret::new(token),
+                token_sha256: String::new(),
+                scopes: vec!["admin".into()],
+            })
+            .collect();
+    })
+    .await;
+    let (flow, _) = app.create_flow(Some(&alice)).await;
+    let sse = format!("/flows/{flow}/grains");
+    let follow = format!("/flows/{flow}/grains?follow=true&timerange=_");
+
+    // Alice: an SSE subscription and a follow read, then she is at her limit.
+    let a1 = sse_request(&app, &sse, Some(&alice)).send().await.unwrap();
+    assert_eq!(a1.status(), 200);
+    let a2 = app
+        .client
+        .get(app.url(&follow))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a2.status(), 200);
+    let refused = sse_request(&app, "/events", Some(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("live.max_streams_per_credential")
+    );
+    // Ordinary reads are not live streams.
+    assert_eq!(
+        app.client
+            .get(app.url(&format!("/flows/{flow}/grains")))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Bob takes the last place of the service; then everyone is refused with 503.
+    let b1 = sse_request(&app, "/events", Some(&bob))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b1.status(), 200);
+    let refused = sse_request(&app, &sse, Some(&bob)).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("live.max_streams")
+    );
+
+    // A stream that ends gives its place back.
+    drop(a1);
+    let started = Instant::now();
+    loop {
+        let response = sse_request(&app, &sse, Some(&alice)).send().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "the place was not freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((a2, b1));
+}
+
+#[tokio::test]
+async fn without_auth_only_the_total_applies() {
+    let app = spawn(|c| {
+        c.live.max_streams = 3;
+        c.live.max_streams_per_credential = 1;
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let response = sse_request(&app, "/events", None).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    assert_eq!(
+        sse_request(&app, "/events", None)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+}
+
+/// A client sending one byte at a time, never fast enough to finish a grain, is ended
+/// by the body idle timeout; what it completed stays, and its session is released.
+#[tokio::test]
+async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
+    let app = spawn(|c| c.server.body_idle_timeout_ms = 1000).await;
+    let (flow, source) = app.create_flow(None).await;
+    let mut body = ndjson(flow, source, 0..1, 10);
+    let first = body.len();
+    body.extend(ndjson(flow, source, 1..2, 10_000));
+    // The first grain at once, then one byte every 300 ms: never silent for the
+    // timeout, never completing the second grain.
+    let chunks = futures::stream::unfold(0usize, move |at| {
+        let body = body.clone();
+        async move {
+            if at >= body.len() {
+                return None;
+            }
+            let end = if at == 0 { first } else { at + 1 };
+            if at > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&body[at..end])),
+                end,
+            ))
+        }
+    });
+    let started = Instant::now();
+    let response = app
+        .client
+        .post(app.url(&format!("/flows/{flow}/grains")))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 408);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:grainstore:problem:body-idle");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("server.body_idle_timeout_ms")
+    );
+    assert_eq!(problem["committed"], 1);
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_eq!(count_grains(&app, flow).await, 1);
+    let mut active = u64::MAX;
+    for _ in 0..100 {
+        active = sessions_active(&app).await;
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(active, 0, "the upload's session was released");
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap()
+}
+
+/// A subscriber that never reads costs the server a bounded amount of memory however
+/// much is written: its feed reads from the store only when the connection takes more.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_grow_memory() {
+    let app = spawn(|c| c.live.inline_max_bytes = 65536).await;
+    let (flow, source) = app.create_flow(None).await;
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /flows/{flow}/grains?from=0:0 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read the response head only, then stop reading.
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+
+    let before = resident_bytes();
+    // 96 MiB of grains of 48 KiB, each inlined in its SSE event as base64.
+    for batch in 0..32u64 {
+        let body = ndjson(flow, source, batch * 64..(batch + 1) * 64, 48 << 10);
+        let response = post_ndjson(&app, flow, body).await;
+        assert_eq!(response.status(), 201);
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "the process grew by {} MiB while a subscriber did not read 96 MiB of grains",
+        grown >> 20
+    );
+    // The server goes on serving.
+    assert_eq!(count_grains(&app, flow).await, 32 * 64);
+    drop(stalled);
+}
+
+/// A client that never finishes its request head is disconnected by the header read
+/// timeout.
+#[tokio::test]
+async fn an_unfinished_request_head_is_cut_off() {
+    let app = spawn(|c| c.server.header_read_timeout_ms = 500).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Whatever hyper answers (nothing, or 408), it is not the health check.
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+}
