@@ -398,6 +398,13 @@ impl Grain {
         Ok(Grain { header, payload })
     }
 
+    /// Rebuilds a grain from parts taken apart from a valid grain (a store's record of
+    /// a grain that passed [`Grain::new`] when written), skipping the checks: reads of
+    /// millions of small grains should not re-validate what was validated at write.
+    pub(crate) fn from_stored(header: GrainHeader, payload: Bytes) -> Grain {
+        Grain { header, payload }
+    }
+
     /// Builds an event grain whose payload is `event` serialised as `mediagrains` does.
     pub fn new_event(mut header: GrainHeader, event: &EventPayload) -> Result<Grain, GrainError> {
         header.kind = GrainKind::Event;

@@ -554,17 +554,23 @@ impl Grain {
     ///
     /// [`GrainHeader::decode`] reads it back; `Grain::new(header, payload)` rebuilds the grain.
     pub fn encode_header(&self, out: &mut Vec<u8>) {
+        self.encode_header_created(self.header().creation_timestamp, out);
+    }
+
+    /// Like [`Grain::encode_header`], with `creation_timestamp` in place of the grain's
+    /// own (a store stamps grains at first write without copying them).
+    pub fn encode_header_created(&self, creation_timestamp: Option<Timestamp>, out: &mut Vec<u8>) {
         let h = &self.header();
         out.reserve(3 + 11 + gbhd_size(h));
         out.push(STORAGE_VERSION);
-        out.push(if h.creation_timestamp.is_some() {
+        out.push(if creation_timestamp.is_some() {
             HAS_CREATION
         } else {
             0
         });
         let count_at = out.len();
         out.push(0);
-        if let Some(ts) = h.creation_timestamp {
+        if let Some(ts) = creation_timestamp {
             put_timestamp(out, ts);
         }
         write_gbhd(h, out);

@@ -328,40 +328,59 @@ impl State {
         for grain in grains {
             let timestamp = grain.origin_timestamp();
             let key = (flow.as_u128(), timestamp.to_nanos());
-            let stored = match table.get(key).map_err(engine)? {
-                Some(existing) => {
-                    Some(load_grain(&self.shared, timestamp, existing.value(), true)?)
-                }
-                None => None,
-            };
-            if let Some(stored) = stored {
-                if stored.same_identity(grain) {
-                    outcome.unchanged += 1;
-                    continue;
-                }
-                conflict = Some(timestamp);
-                break;
-            }
+            let created = grain
+                .creation_timestamp()
+                .or_else(|| Some(*group.now.get_or_insert_with(Timestamp::now)));
             let payload = grain.payload();
-            let location = if payload.len() <= self.shared.inline_max {
-                Location::Inline
+            if payload.len() <= self.shared.inline_max {
+                // Insert first: a new grain (the common case) then costs one B-tree
+                // descent; an occupied timestamp gets its stored record put back.
+                self.scratch.clear();
+                record::encode(grain, created, Location::Inline, &mut self.scratch);
+                let previous = table
+                    .insert(key, self.scratch.as_slice())
+                    .map_err(engine)?
+                    .map(|old| old.value().to_vec());
+                if let Some(previous) = previous {
+                    table.insert(key, previous.as_slice()).map_err(engine)?;
+                    let stored = load_grain(&self.shared, timestamp, &previous, true)?;
+                    if stored.same_identity(grain) {
+                        outcome.unchanged += 1;
+                        continue;
+                    }
+                    conflict = Some(timestamp);
+                    break;
+                }
             } else {
+                // Look first: a re-sent large payload must not be appended again.
+                let stored = match table.get(key).map_err(engine)? {
+                    Some(existing) => {
+                        Some(load_grain(&self.shared, timestamp, existing.value(), true)?)
+                    }
+                    None => None,
+                };
+                if let Some(stored) = stored {
+                    if stored.same_identity(grain) {
+                        outcome.unchanged += 1;
+                        continue;
+                    }
+                    conflict = Some(timestamp);
+                    break;
+                }
                 let appender = self.appender_for(group, payload.len() as u64)?;
                 let id = appender.id();
                 let offset = appender.append(payload)?;
                 group.lengths.insert(id, appender.len());
                 *group.live_delta.entry(id).or_default() += payload.len() as i64;
-                Location::Segment { id, offset }
-            };
-            self.scratch.clear();
-            if grain.creation_timestamp().is_some() {
-                record::encode(grain, location, &mut self.scratch);
-            } else {
-                let mut grain = grain.clone();
-                grain.set_creation_timestamp(Some(*group.now.get_or_insert_with(Timestamp::now)));
-                record::encode(&grain, location, &mut self.scratch);
+                self.scratch.clear();
+                record::encode(
+                    grain,
+                    created,
+                    Location::Segment { id, offset },
+                    &mut self.scratch,
+                );
+                table.insert(key, self.scratch.as_slice()).map_err(engine)?;
             }
-            table.insert(key, self.scratch.as_slice()).map_err(engine)?;
             outcome.written += 1;
             outcome.first = Some(outcome.first.map_or(timestamp, |t| t.min(timestamp)));
             outcome.last = Some(outcome.last.map_or(timestamp, |t| t.max(timestamp)));

@@ -68,8 +68,8 @@ pub fn grain_end(grain: &Grain) -> Option<i128> {
     Some(grain.origin_timestamp().to_nanos() + nanos)
 }
 
-/// Appends the record of `grain` to `out`.
-pub fn encode(grain: &Grain, location: Location, out: &mut Vec<u8>) {
+/// Appends the record of `grain` to `out`, with `created` as its creation timestamp.
+pub fn encode(grain: &Grain, created: Option<Timestamp>, location: Location, out: &mut Vec<u8>) {
     let payload = grain.payload();
     let end = grain_end(grain);
     let mut flags = 0;
@@ -92,7 +92,7 @@ pub fn encode(grain: &Grain, location: Location, out: &mut Vec<u8>) {
     }
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
-    grain.encode_header(out);
+    grain.encode_header_created(created, out);
     let header_len = (out.len() - len_at - 4) as u32;
     out[len_at..len_at + 4].copy_from_slice(&header_len.to_le_bytes());
     if location == Location::Inline {
@@ -169,7 +169,9 @@ impl Record<'_> {
     pub fn grain(&self, payload: Bytes) -> Result<Grain, StoreError> {
         let header =
             GrainHeader::decode(self.header).map_err(|e| corrupt(&format!("grain header: {e}")))?;
-        Grain::new(header, payload).map_err(|e| corrupt(&format!("grain: {e}")))
+        // The header decoded strictly and was valid when stored; the payload passed
+        // its checksum (or was not asked for).
+        Ok(Grain::from_stored(header, payload))
     }
 
     /// Checks `payload` against the stored checksum.
