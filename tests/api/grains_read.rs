@@ -321,3 +321,20 @@ async fn the_flow_timerange_follows_its_grains() {
     let list = json_body(app.list_flows("").await, StatusCode::OK).await;
     assert_eq!(list[0]["timerange"], info["timerange"]);
 }
+
+#[tokio::test]
+async fn a_last_grain_without_duration_ends_the_flow_timerange_inclusively() {
+    let app = spawn_app().await;
+    let (flow, source) = app.create_flow().await;
+    let mut sent = crate::helpers::grains(flow, source, 0..3, 10);
+    let (mut header, payload) = sent.pop().expect("a grain").into_parts();
+    header.duration = grainstore::time::Rational::new(0, 1);
+    sent.push(Grain::new(header, payload).expect("grain"));
+    let response = app.post_grains_gsf(flow, crate::helpers::gsf(&sent)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let info = json_body(app.get_flow(flow).await, StatusCode::OK).await;
+    assert_eq!(
+        info["timerange"],
+        TimeRange::inclusive(ts(0), ts(2)).to_string()
+    );
+}

@@ -440,6 +440,25 @@ async fn a_grain_over_the_size_limit_is_413_naming_the_limit() {
         assert_eq!(p["committed"], 2, "{format}: {p}");
     }
     assert_eq!(app.read_gsf(flow, "").await.len(), 2);
+    // The same limit for a single grain.
+    let at = ts(2).to_string();
+    for (media, body) in [
+        ("application/json", sent[2].to_json(true)),
+        ("application/x-gsf", gsf(&sent[2..])),
+    ] {
+        let p = problem(
+            app.put_grain(flow, &at, media, body).await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+        .await;
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("limits.max_grain_bytes"),
+            "{media}: {p}"
+        );
+    }
     // A payload far over the limit is refused without reading it all.
     let big = vec![grain(flow, source, 3, payload(3, 1 << 20))];
     problem(

@@ -344,7 +344,7 @@ pub fn grain(flow: Uuid, source: Uuid, index: u64, payload: Vec<u8>) -> Grain {
         origin_height: 1080,
         coded_width: 1920,
         coded_height: 1088,
-        is_key_frame: Some(index % 25 == 0),
+        is_key_frame: Some(index == 0),
         temporal_offset: Some(0),
         unit_offsets: Vec::new(),
         length: 0,
@@ -357,11 +357,18 @@ pub fn grain(flow: Uuid, source: Uuid, index: u64, payload: Vec<u8>) -> Grain {
     Grain::new(header, Bytes::from(payload)).expect("grain")
 }
 
-/// A payload of `len` bytes that differs per grain.
+/// A payload of `len` bytes that differs per grain: a 251-byte pattern (prime, so that
+/// it does not line up with block sizes) shifted by the index, repeated.
 pub fn payload(index: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i as u64 * 31 + index * 7) % 251) as u8)
-        .collect()
+    let period: Vec<u8> = (0..251u64)
+        .map(|i| ((i * 31 + index * 7) % 251) as u8)
+        .collect();
+    let mut out = Vec::with_capacity(len + period.len());
+    while out.len() < len {
+        out.extend_from_slice(&period);
+    }
+    out.truncate(len);
+    out
 }
 
 /// Grains `range` of a flow, each with a payload of `payload_len` bytes.

@@ -7,8 +7,10 @@ use reqwest::header::RETRY_AFTER;
 
 use crate::helpers::{PATIENCE, TestApp, eventually, problem};
 
-/// Grains of 256 KiB: a read of a flow of them does not fit in socket buffers.
+/// Grains of 256 KiB, 30 MiB in all: a read of them does not fit in socket buffers, so
+/// the server is still sending when a client stops reading.
 const BIG: usize = 256 << 10;
+const GRAINS: u64 = 120;
 
 /// Starts a GSF read of `flow` and takes its first few KiB, leaving the rest unread.
 async fn start_read(app: &TestApp, flow: uuid::Uuid) -> reqwest::Response {
@@ -25,7 +27,7 @@ async fn start_read(app: &TestApp, flow: uuid::Uuid) -> reqwest::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_readers_release_their_sessions() {
     let app = crate::helpers::spawn_app().await;
-    let (flow, _, _) = app.flow_with_grains(200, BIG).await;
+    let (flow, _, _) = app.flow_with_grains(GRAINS, BIG).await;
     let mut readers = Vec::new();
     for _ in 0..5 {
         readers.push(start_read(&app, flow).await);
@@ -48,7 +50,7 @@ async fn a_full_session_pool_answers_503_with_retry_after() {
         c.storage.session_wait_ms = 100;
     })
     .await;
-    let (flow, _, _) = app.flow_with_grains(120, BIG).await;
+    let (flow, _, _) = app.flow_with_grains(GRAINS, BIG).await;
     let held = start_read(&app, flow).await;
     assert_eq!(app.sessions_active().await, 1);
 
