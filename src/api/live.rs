@@ -467,12 +467,12 @@ pub async fn events(
                 .as_ref()
                 .is_none_or(|ts| ts.iter().any(|t| t == e.event_type))
     };
-    let (resume, receiver) = state.store.events().subscribe(after);
+    let (resume, position, receiver) = state.store.events().subscribe(after);
     let feed = EventFeed {
         state: state.clone(),
         receiver,
         backlog: VecDeque::new(),
-        last: after,
+        last: position,
         reset_pending: false,
     };
     let feed = match resume {
@@ -556,7 +556,8 @@ struct EventFeed {
     state: AppState,
     receiver: broadcast::Receiver<StoreEvent>,
     backlog: VecDeque<StoreEvent>,
-    last: Option<EventId>,
+    /// The id of the last event passed on (whether or not the filter kept it).
+    last: EventId,
     reset_pending: bool,
 }
 
@@ -568,10 +569,10 @@ impl EventFeed {
         }
         loop {
             if let Some(e) = self.backlog.pop_front() {
-                if self.last.is_some_and(|l| e.id <= l) {
+                if e.id <= self.last {
                     continue;
                 }
-                self.last = Some(e.id);
+                self.last = e.id;
                 return Some(EventItem::Event(e));
             }
             if self.state.shutdown.is_cancelled() {
@@ -582,8 +583,10 @@ impl EventFeed {
                     Ok(e) => self.backlog.push_back(e),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind the broadcast: catch up from the retained window.
-                        let (resume, receiver) = self.state.store.events().subscribe(self.last);
+                        let (resume, position, receiver) =
+                            self.state.store.events().subscribe(Some(self.last));
                         self.receiver = receiver;
+                        self.last = position;
                         match resume {
                             Resume::From(backlog) => self.backlog = backlog.into(),
                             Resume::Reset => return Some(EventItem::Reset),

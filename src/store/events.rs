@@ -128,11 +128,24 @@ impl EventLog {
     }
 
     /// Subscribes to live events, starting after `after` when given (else from now).
-    pub fn subscribe(&self, after: Option<EventId>) -> (Resume, broadcast::Receiver<StoreEvent>) {
+    ///
+    /// Also returns the subscription's position: `after` when it is resumable, else the
+    /// id of the newest event now (sequence 0 before the first). A subscriber keeps its
+    /// position current and resubscribes from it if it falls behind the broadcast, so
+    /// a position is always one of this log's ids: never absent, which would skip what
+    /// it missed, nor one that no event will ever pass, which would skip everything.
+    pub fn subscribe(
+        &self,
+        after: Option<EventId>,
+    ) -> (Resume, EventId, broadcast::Receiver<StoreEvent>) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let receiver = self.sender.subscribe();
+        let now = EventId {
+            epoch: self.epoch,
+            seq: state.next_seq - 1,
+        };
         let Some(after) = after else {
-            return (Resume::From(Vec::new()), receiver);
+            return (Resume::From(Vec::new()), now, receiver);
         };
         let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.id.seq);
         // Resumable when the next event the client needs is still retained (or not yet
@@ -141,7 +154,7 @@ impl EventLog {
             || after.seq + 1 < oldest_retained
             || after.seq >= state.next_seq
         {
-            return (Resume::Reset, receiver);
+            return (Resume::Reset, now, receiver);
         }
         let backlog = state
             .window
@@ -149,12 +162,53 @@ impl EventLog {
             .filter(|e| e.id.seq > after.seq)
             .cloned()
             .collect();
-        (Resume::From(backlog), receiver)
+        (Resume::From(backlog), after, receiver)
     }
 
     /// The id of the newest event, if any.
     pub fn last_id(&self) -> Option<EventId> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.window.back().map(|e| e.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(log: &EventLog, n: usize) {
+        for _ in 0..n {
+            log.publish("flows/created", None, None, Value::Null);
+        }
+    }
+
+    #[test]
+    fn a_subscription_from_now_has_a_position_that_detects_loss() {
+        let log = EventLog::new(4);
+        let (_, position, _) = log.subscribe(None);
+        assert_eq!(position.seq, 0);
+        publish(&log, 3);
+        let (resume, _, _) = log.subscribe(Some(position));
+        assert!(matches!(resume, Resume::From(backlog) if backlog.len() == 3));
+        publish(&log, 3);
+        // The first event after the position is gone: a reset, not a silent gap.
+        let (resume, now, _) = log.subscribe(Some(position));
+        assert!(matches!(resume, Resume::Reset));
+        assert_eq!(now, log.last_id().expect("an event"));
+    }
+
+    #[test]
+    fn a_reset_moves_the_position_to_now() {
+        let log = EventLog::new(4);
+        publish(&log, 2);
+        let future = EventId {
+            epoch: log.epoch + 1,
+            seq: 1,
+        };
+        let (resume, position, mut receiver) = log.subscribe(Some(future));
+        assert!(matches!(resume, Resume::Reset));
+        publish(&log, 1);
+        let next = receiver.try_recv().expect("a live event");
+        assert!(next.id > position, "live events follow the position");
     }
 }
