@@ -140,6 +140,9 @@ pub fn is_live_request(
 
 /// How many grains a live feed reads per snapshot.
 const LIVE_PAGE: u64 = 256;
+/// A live feed stops reading a snapshot once its grains' payloads reach this many bytes,
+/// so that what a feed holds for a slow consumer stays small whatever the grain size.
+const LIVE_PAGE_BYTES: usize = 4 << 20;
 
 /// What a live feed produces.
 #[derive(Debug)]
@@ -222,6 +225,12 @@ impl LiveFeed {
             if self.done {
                 return None;
             }
+            // Checked before every grain, not only when caught up: a feed replaying a
+            // backlog, or following a busy writer, must end at shutdown too.
+            if self.shutdown.is_cancelled() {
+                self.done = true;
+                return Some(Ok(LiveItem::ShuttingDown));
+            }
             if let Some(grain) = self.buffer.pop_front() {
                 let timestamp = grain.origin_timestamp();
                 if past_end(timestamp, self.end) {
@@ -275,7 +284,17 @@ impl LiveFeed {
             with_payload: self.with_payload,
         });
         drop(session);
-        stream.collect::<Vec<_>>().await.into_iter().collect()
+        let mut stream = std::pin::pin!(stream);
+        let mut grains = Vec::new();
+        let mut bytes = 0;
+        while bytes < LIVE_PAGE_BYTES {
+            let Some(grain) = stream.next().await.transpose()? else {
+                break;
+            };
+            bytes += grain.payload().len();
+            grains.push(grain);
+        }
+        Ok(grains)
     }
 
     /// The feed as a stream.
