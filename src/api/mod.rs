@@ -76,6 +76,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
         "/flows/{id}/grains/{timestamp}",
         &["get", "head", "put", "delete"],
     ),
+    ("/events", &["get", "head"]),
 ];
 
 /// Builds the service: routes, handlers and the middleware stack.
