@@ -240,6 +240,28 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "stored data failed its integrity check");
                 ApiError::internal(e.to_string())
             }
+            StoreError::StorageFull(_) => {
+                tracing::warn!(error = %e, "write refused: storage full");
+                let mut problem = ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "urn:grainstore:problem:storage-full",
+                    "Insufficient storage",
+                    format!("{e}; writes resume once space is freed, reads are unaffected"),
+                );
+                problem.retry_after = Some(30);
+                problem
+            }
+            StoreError::StorageReadOnly(_) => {
+                tracing::warn!(error = %e, "write refused: storage read-only");
+                let mut problem = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "urn:grainstore:problem:storage-read-only",
+                    "Storage read-only",
+                    format!("{e}; writes resume once it is writable, reads are unaffected"),
+                );
+                problem.retry_after = Some(30);
+                problem
+            }
             StoreError::Unavailable(_) | StoreError::Io(_) => {
                 tracing::error!(error = %e, "store failure");
                 let mut problem = ApiError::new(

@@ -86,6 +86,14 @@ pub enum StoreError {
     /// An I/O error in the backend.
     #[error("store i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The store's disk is full, or below its free-space reserve: writes are refused
+    /// until space returns; reads go on.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// The store's file system is read-only: writes are refused until it is writable
+    /// again; reads go on.
+    #[error("storage read-only: {0}")]
+    StorageReadOnly(String),
 }
 
 /// The order in which grains are returned.

@@ -204,6 +204,21 @@ impl State {
     }
 
     fn commit_group(&mut self, requests: Vec<Request>) {
+        let requests = match self.storage_refusal(&requests) {
+            None => requests,
+            Some(refusal) => {
+                let (writes, others): (Vec<Request>, Vec<Request>) = requests
+                    .into_iter()
+                    .partition(|r| adds_data(&r.job).is_some());
+                for request in writes {
+                    let _ = request.reply.send(Err(refusal.to_error()));
+                }
+                if others.is_empty() {
+                    return;
+                }
+                others
+            }
+        };
         let committed_len = self.appender.as_ref().map(|a| (a.id(), a.len()));
         let mut group = Group::default();
         let result = (|| -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
@@ -251,14 +266,42 @@ impl State {
                         }
                     }
                 }
-                let message = e.to_string();
+                let fault = StorageFault::of(&e);
                 for request in requests {
-                    let _ = request
-                        .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
+                    let _ = request.reply.send(Err(fault.to_error()));
                 }
             }
         }
+    }
+
+    /// Refuses a group that writes while the data directory's file system is read-only
+    /// or has less free space than `min_free_bytes` plus what the group adds. redb marks
+    /// its database failed after any write error and refuses every later transaction,
+    /// reads included, until it is reopened; so the index must not meet a full or
+    /// read-only disk. (A segment append that still meets one is rolled back and
+    /// recovers: see the error branch of `commit_group`.)
+    fn storage_refusal(&self, requests: &[Request]) -> Option<StorageFault> {
+        let adds: u64 = requests.iter().filter_map(|r| adds_data(&r.job)).sum();
+        if adds == 0 {
+            return None;
+        }
+        let path = self.shared.segments.path(0);
+        let dir = path.parent()?;
+        let (available, read_only) = free_space(dir).ok()?;
+        if read_only {
+            return Some(StorageFault::ReadOnly(format!(
+                "the data directory {} is on a read-only file system",
+                dir.display()
+            )));
+        }
+        let needed = self.shared.min_free_bytes.saturating_add(adds);
+        if available < needed {
+            return Some(StorageFault::Full(format!(
+                "{available} bytes free on the data directory's file system, below the reserve of {} (storage.min_free_bytes) plus this write",
+                self.shared.min_free_bytes
+            )));
+        }
+        None
     }
 
     /// Applies one job inside the transaction. An `Err` aborts the whole group (an engine
@@ -581,4 +624,71 @@ fn delete_range(
         group.touched.insert(flow);
     }
     Ok(removed)
+}
+
+/// Bytes a job may add to the store's files (payloads and an allowance for index
+/// pages), or `None` for a job that only removes.
+fn adds_data(job: &Job) -> Option<u64> {
+    match job {
+        Job::CommitGrains { grains, .. } => {
+            Some(grains.iter().map(|g| g.payload().len() as u64 + 1024).sum())
+        }
+        Job::PutFlow(_) => Some(16 << 10),
+        Job::DeleteFlow(_) | Job::DeleteGrains { .. } => None,
+    }
+}
+
+/// A storage fault reported to every job of a group.
+enum StorageFault {
+    /// Out of space (ENOSPC, EDQUOT, or below the reserve).
+    Full(String),
+    /// A read-only file system (EROFS).
+    ReadOnly(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl StorageFault {
+    /// Classifies the error that failed a group.
+    fn of(e: &StoreError) -> StorageFault {
+        let message = e.to_string();
+        match e {
+            StoreError::Io(io) => match io.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => StorageFault::Full(message),
+                Some(libc::EROFS) => StorageFault::ReadOnly(message),
+                _ => StorageFault::Other(message),
+            },
+            StoreError::StorageFull(m) => StorageFault::Full(m.clone()),
+            StoreError::StorageReadOnly(m) => StorageFault::ReadOnly(m.clone()),
+            _ => StorageFault::Other(message),
+        }
+    }
+
+    fn to_error(&self) -> StoreError {
+        match self {
+            StorageFault::Full(m) => StoreError::StorageFull(m.clone()),
+            StorageFault::ReadOnly(m) => StoreError::StorageReadOnly(m.clone()),
+            StorageFault::Other(m) => StoreError::Unavailable(m.clone()),
+        }
+    }
+}
+
+/// Bytes available to unprivileged writers on the file system of `dir`, and whether it
+/// is mounted read-only.
+fn free_space(dir: &std::path::Path) -> std::io::Result<(u64, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `stat` a buffer of the right type, which
+    // statvfs fills when it returns 0.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    let available = stat.f_bavail as u64 * stat.f_frsize as u64;
+    Ok((available, stat.f_flag & libc::ST_RDONLY != 0))
 }

@@ -85,6 +85,9 @@ pub struct EmbeddedConfig {
     /// Memory for the index's page cache. Small payloads live in the index, so this
     /// bounds what a long read of small grains keeps resident.
     pub index_cache_bytes: usize,
+    /// Writes are refused while less than this is free on the data directory's file
+    /// system (see the committer: the index must never meet a full disk).
+    pub min_free_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -98,6 +101,7 @@ impl EmbeddedConfig {
             segment_bytes: 1 << 30,
             event_retention: 10_000,
             index_cache_bytes: 32 << 20,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -111,6 +115,7 @@ struct Shared {
     events: EventLog,
     inline_max: usize,
     segment_bytes: u64,
+    min_free_bytes: u64,
 }
 
 /// The embedded [`Store`].
@@ -204,6 +209,7 @@ impl EmbeddedStore {
             events: EventLog::new(config.event_retention),
             inline_max: config.inline_max,
             segment_bytes: config.segment_bytes,
+            min_free_bytes: config.min_free_bytes,
         });
         let (committer, committer_thread) = Committer::start(shared.clone(), active, next_segment)?;
         Ok(EmbeddedStore {
