@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 pub struct Msg {
     pub subject: Bytes,
     pub sid: u64,
+    /// Where to acknowledge it (JetStream deliveries).
+    pub reply: Option<String>,
     pub payload: Bytes,
 }
 
@@ -22,6 +24,8 @@ pub struct Nats {
     inbox: String,
     inbox_sid: u64,
     next_request: u64,
+    /// Messages that arrived while a request waited for its reply.
+    held: std::collections::VecDeque<Msg>,
 }
 
 impl Nats {
@@ -38,6 +42,7 @@ impl Nats {
             inbox: format!("_INBOX.gsbench{}", uuid::Uuid::new_v4().simple()),
             inbox_sid: 0,
             next_request: 0,
+            held: std::collections::VecDeque::new(),
         };
         nats.out.extend_from_slice(
             b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"lang\":\"rust\",\"version\":\"0\"}\r\n",
@@ -95,12 +100,12 @@ impl Nats {
 
     /// The next message; answers server PINGs on the way.
     pub async fn next_msg(&mut self) -> Msg {
-        loop {
-            if let Some(msg) = self.next_event().await {
-                return msg;
-            }
-            panic!("nats: PONG while waiting for a message");
+        if let Some(msg) = self.held.pop_front() {
+            return msg;
         }
+        self.next_event()
+            .await
+            .expect("nats: PONG while waiting for a message")
     }
 
     /// The next message, or `None` at a PONG.
@@ -153,6 +158,8 @@ impl Nats {
                 }
                 let subject = Bytes::copy_from_slice(parts[0].as_bytes());
                 let sid = parts[1].parse().expect("sid");
+                let with_reply = if op == "HMSG" { 5 } else { 4 };
+                let reply = (parts.len() == with_reply).then(|| parts[2].to_string());
                 self.buffer.advance(end + 2);
                 let mut body = self.buffer.split_to(total + 2).freeze();
                 body.truncate(total);
@@ -160,6 +167,7 @@ impl Nats {
                 Some(Some(Event::Msg(Msg {
                     subject,
                     sid,
+                    reply,
                     payload,
                 })))
             }
@@ -182,10 +190,14 @@ impl Nats {
         self.publish(subject, Some(&reply), payload);
         self.flush().await;
         loop {
-            let msg = self.next_msg().await;
+            let msg = self
+                .next_event()
+                .await
+                .expect("nats: PONG while waiting for a reply");
             if msg.subject.as_ref() == reply.as_bytes() {
                 return msg.payload;
             }
+            self.held.push_back(msg);
         }
     }
 

@@ -90,7 +90,8 @@ pub async fn small(
         let meter = Meter::start(pid);
         for r in 0..reads {
             let start = times[r % windows];
-            let (count, _) = js_replay(&mut nats, stream, Some(start), READ_GRAINS).await;
+            let (count, _) =
+                js_replay(&mut nats, stream, Some(start), READ_GRAINS, READ_GRAINS).await;
             assert_eq!(count, READ_GRAINS);
         }
         nats_row = Some(meter.stop());
@@ -135,14 +136,18 @@ pub async fn small(
     }
 }
 
-/// Replays up to `count` messages of `stream` (from `start`, or from its first) through
-/// an ephemeral push consumer, then deletes it. Explicit acks that are never sent, with
-/// `max_ack_pending = count`, make the server deliver exactly `count` and stop.
+/// Replays `count` messages of `stream` (from `start`, or from its first) through an
+/// ephemeral push consumer, then deletes it. With explicit acks and `max_ack_pending =
+/// window` the server delivers exactly `count` when `window == count` and nothing is
+/// acknowledged (small grains: no ack traffic at all); with a smaller window each message
+/// is acknowledged as it arrives (large grains: the server's per-client buffer stays
+/// bounded).
 async fn js_replay(
     nats: &mut Nats,
     stream: &str,
     start: Option<SystemTime>,
     count: usize,
+    window: usize,
 ) -> (usize, u64) {
     let deliver = nats.reply_subject().replace("_INBOX", "_GSREPLAY");
     let sid = nats.subscribe(&deliver);
@@ -150,7 +155,7 @@ async fn js_replay(
         "deliver_subject": deliver,
         "ack_policy": "explicit",
         "ack_wait": 120_000_000_000u64,
-        "max_ack_pending": count,
+        "max_ack_pending": window,
         "replay_policy": "instant",
         "deliver_policy": "all",
     });
@@ -171,6 +176,12 @@ async fn js_replay(
         if msg.sid == sid {
             got += 1;
             bytes += msg.payload.len() as u64;
+            if window < count {
+                if let Some(reply) = &msg.reply {
+                    nats.publish(reply, None, b"");
+                    nats.flush().await;
+                }
+            }
         }
     }
     nats.unsubscribe(sid);
@@ -340,7 +351,7 @@ pub async fn large(
         let meter = Meter::start(pid);
         let mut bytes = 0;
         for _ in 0..LARGE_READS {
-            bytes += js_replay(&mut nats, stream, None, n).await.1;
+            bytes += js_replay(&mut nats, stream, None, n, 16).await.1;
         }
         let spent = meter.stop();
         let mbs = bytes as f64 / 1e6 / spent.wall.as_secs_f64();
