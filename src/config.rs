@@ -233,6 +233,30 @@ impl ServerConfig {
 }
 
 impl Config {
+    /// The PostgreSQL store's settings.
+    pub fn postgres(&self) -> crate::store::postgres::PostgresConfig {
+        let s = &self.storage;
+        crate::store::postgres::PostgresConfig {
+            url: s.postgres_url.clone(),
+            schema: s.postgres_schema.clone(),
+            pool_size: s.postgres_pool_size,
+            objects: crate::store::postgres::ObjectStoreConfig {
+                url: s.object_store_url.clone(),
+                s3_endpoint: s.s3_endpoint.clone(),
+                s3_region: s.s3_region.clone(),
+                s3_access_key_id: s.s3_access_key_id.clone(),
+                s3_secret_access_key: s.s3_secret_access_key.clone(),
+                s3_allow_http: s.s3_allow_http,
+            },
+            max_sessions: s.max_sessions,
+            session_wait: Duration::from_millis(s.session_wait_ms),
+            inline_max: s.inline_max_bytes,
+            event_retention: self.live.event_retention,
+            gc_grace: Duration::from_secs(s.gc_grace_secs),
+            gc_interval: Duration::from_secs(s.gc_interval_secs),
+        }
+    }
+
     /// The embedded store's settings.
     pub fn embedded(&self) -> crate::store::embedded::EmbeddedConfig {
         crate::store::embedded::EmbeddedConfig {
@@ -254,6 +278,9 @@ impl Config {
 pub enum Backend {
     /// Files under `data_dir`, no server needed.
     Embedded,
+    /// PostgreSQL (`postgres_url`) and an object store (`object_store_url`), shared by
+    /// any number of replicas.
+    Postgres,
 }
 
 /// The `[storage]` section.
@@ -277,6 +304,28 @@ pub struct StorageConfig {
     /// Free space kept on the embedded store's file system; writes are refused (507)
     /// below it.
     pub min_free_bytes: u64,
+    /// PostgreSQL connection string (postgres backend).
+    pub postgres_url: String,
+    /// The schema holding grainstore's tables (postgres backend).
+    pub postgres_schema: String,
+    /// Connections in each replica's pool (postgres backend).
+    pub postgres_pool_size: usize,
+    /// Where payload objects go: `s3://bucket/prefix`, `file:///path` or `memory://`.
+    pub object_store_url: String,
+    /// S3 endpoint for S3-compatible services; empty for AWS.
+    pub s3_endpoint: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// S3 access key id; empty to take credentials from the `AWS_*` environment.
+    pub s3_access_key_id: String,
+    /// S3 secret access key.
+    pub s3_secret_access_key: String,
+    /// Whether an `http://` S3 endpoint is allowed.
+    pub s3_allow_http: bool,
+    /// Seconds an unreferenced payload object is kept before it is deleted.
+    pub gc_grace_secs: u64,
+    /// Seconds between garbage collections; 0 disables them.
+    pub gc_interval_secs: u64,
 }
 
 /// Log output format.
@@ -416,6 +465,9 @@ impl Config {
                 reason: e.reason,
             });
         }
+        if self.storage.backend == Backend::Postgres {
+            self.validate_postgres()?;
+        }
         if self
             .log
             .filter
@@ -428,6 +480,45 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The postgres backend's keys: present, well-formed and consistent.
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if s.postgres_pool_size < 2 {
+            return Err(ConfigError::Value {
+                key: "storage.postgres_pool_size",
+                reason: "must be at least 2".into(),
+            });
+        }
+        if s.gc_grace_secs < 60 {
+            return Err(ConfigError::Value {
+                key: "storage.gc_grace_secs",
+                reason: "must be at least 60 (it must outlast uploads and read sessions)".into(),
+            });
+        }
+        if !s.s3_access_key_id.is_empty() && s.s3_secret_access_key.is_empty() {
+            return Err(ConfigError::Value {
+                key: "storage.s3_secret_access_key",
+                reason: "required when storage.s3_access_key_id is set".into(),
+            });
+        }
+        if s.s3_endpoint.starts_with("http://") && !s.s3_allow_http {
+            return Err(ConfigError::Value {
+                key: "storage.s3_allow_http",
+                reason: format!("must be true for the http:// endpoint {:?}", s.s3_endpoint),
+            });
+        }
+        crate::store::postgres::check_settings(&self.postgres()).map_err(|e| ConfigError::Value {
+            key: match e.setting {
+                "url" => "storage.postgres_url",
+                "schema" => "storage.postgres_schema",
+                _ => "storage.object_store_url",
+            },
+            reason: e.reason,
+        })
     }
 }
 
@@ -507,6 +598,67 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn postgres_backend_needs_its_keys() {
+        let load = |pairs: &[(&str, &str)]| {
+            let mut vars = vec![("GRAINSTORE__STORAGE__BACKEND", "postgres")];
+            vars.extend_from_slice(pairs);
+            Config::load_from(None, env(&vars), &Overrides::default())
+        };
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("storage.postgres_url"), "{err}");
+        let url = (
+            "GRAINSTORE__STORAGE__POSTGRES_URL",
+            "postgres://u@127.0.0.1/db",
+        );
+        let err = load(&[url]).unwrap_err().to_string();
+        assert!(err.contains("storage.object_store_url"), "{err}");
+        let err = load(&[url, ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "ftp://x/y")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.object_store_url"), "{err}");
+        let memory = ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://");
+        let err = load(&[url, memory, ("GRAINSTORE__STORAGE__POSTGRES_SCHEMA", "a;b")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.postgres_schema"), "{err}");
+        let err = load(&[
+            (
+                "GRAINSTORE__STORAGE__POSTGRES_URL",
+                "postgres://u@h:notaport/db",
+            ),
+            memory,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.postgres_url"), "{err}");
+        let err = load(&[
+            url,
+            (
+                "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
+                "s3://bucket/prefix",
+            ),
+            ("GRAINSTORE__STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.s3_allow_http"), "{err}");
+        let config = load(&[
+            url,
+            (
+                "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
+                "s3://bucket/prefix",
+            ),
+            ("GRAINSTORE__STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("GRAINSTORE__STORAGE__S3_ALLOW_HTTP", "true"),
+            ("GRAINSTORE__STORAGE__S3_ACCESS_KEY_ID", "k"),
+            ("GRAINSTORE__STORAGE__S3_SECRET_ACCESS_KEY", "s"),
+        ])
+        .unwrap();
+        assert_eq!(config.storage.backend, Backend::Postgres);
+        assert_eq!(config.postgres().objects.url, "s3://bucket/prefix");
     }
 
     #[test]

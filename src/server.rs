@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::{AuthMode, Backend, Config};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::{Store, StoreError};
 
 /// Why the server could not start or stopped with an error.
@@ -172,6 +173,12 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(embedded))
                 .await
                 .map_err(|e| ServerError::Store(StoreError::Unavailable(e.to_string())))?
+                .map_err(ServerError::Store)?;
+            Ok(Arc::new(store))
+        }
+        Backend::Postgres => {
+            let store = PostgresStore::open(config.postgres())
+                .await
                 .map_err(ServerError::Store)?;
             Ok(Arc::new(store))
         }

@@ -4,6 +4,10 @@
 //! Event ids are `<epoch>-<sequence>`: the epoch changes whenever the log starts afresh
 //! (a restart), so an id from before it is recognisably too old and the subscriber is
 //! told to reset instead of silently missing events.
+//!
+//! A store shared by several replicas (the PostgreSQL backend) numbers events in its
+//! database instead, so that an id means the same event on every replica: it builds the
+//! log with [`EventLog::with_epoch`] and records events with [`EventLog::publish_with_id`].
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -74,6 +78,9 @@ pub struct EventLog {
     state: Mutex<LogState>,
     sender: broadcast::Sender<StoreEvent>,
     retain: usize,
+    /// Ids are assigned elsewhere ([`EventLog::publish_with_id`]): an id ahead of this
+    /// log is one this replica has not received yet, not a stale one.
+    external_ids: bool,
 }
 
 struct LogState {
@@ -95,7 +102,60 @@ impl EventLog {
             }),
             sender: broadcast::channel(retain.clamp(16, 65536)).0,
             retain: retain.max(1),
+            external_ids: false,
         }
+    }
+
+    /// A log retaining the last `retain` events whose ids are assigned by the caller:
+    /// `epoch` is fixed (a constant of the shared database) and events are recorded with
+    /// [`EventLog::publish_with_id`].
+    pub fn with_epoch(retain: usize, epoch: u64) -> EventLog {
+        let mut log = EventLog::new(retain);
+        log.epoch = epoch;
+        log.external_ids = true;
+        log
+    }
+
+    /// The epoch of this log's ids.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Records and broadcasts an event numbered elsewhere. Ids must grow: an event whose
+    /// `seq` is not above the newest recorded one is a repeated delivery and is ignored
+    /// (returns false).
+    pub fn publish_with_id(
+        &self,
+        seq: u64,
+        timestamp: Timestamp,
+        event_type: &'static str,
+        flow_id: Option<FlowId>,
+        source_id: Option<SourceId>,
+        body: Value,
+    ) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if seq < state.next_seq {
+            return false;
+        }
+        let event = StoreEvent {
+            id: EventId {
+                epoch: self.epoch,
+                seq,
+            },
+            event_type,
+            timestamp,
+            flow_id,
+            source_id,
+            body,
+        };
+        state.next_seq = seq + 1;
+        if state.window.len() == self.retain {
+            state.window.pop_front();
+        }
+        state.window.push_back(event.clone());
+        // Sent under the lock so that subscribers see events in id order.
+        let _ = self.sender.send(event);
+        true
     }
 
     /// Records and broadcasts an event.
@@ -148,6 +208,12 @@ impl EventLog {
             return (Resume::From(Vec::new()), now, receiver);
         };
         let oldest_retained = state.window.front().map_or(state.next_seq, |e| e.id.seq);
+        // With ids from a shared database, an id this replica has not reached yet was
+        // handed out by another replica a moment ago: continue live after it (the
+        // position skips the events up to it when they arrive here).
+        if self.external_ids && after.epoch == self.epoch && after.seq >= state.next_seq {
+            return (Resume::From(Vec::new()), after, receiver);
+        }
         // Resumable when the next event the client needs is still retained (or not yet
         // published) and the id is from this incarnation.
         if after.epoch != self.epoch

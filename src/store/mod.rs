@@ -1,4 +1,5 @@
-//! The grain store: one trait, [`Store`], with an embedded backend (and room for others),
+//! The grain store: one trait, [`Store`], with two backends — [`embedded`] (files in one
+//! directory) and [`postgres`] (PostgreSQL and an object store, shared by replicas) —
 //! and the scoped sessions through which grains are read and written.
 //!
 //! - [`Store::open_read`] returns a [`ReadSession`], a consistent snapshot of one flow.
@@ -19,6 +20,7 @@ pub mod embedded;
 mod events;
 mod model;
 mod notify;
+pub mod postgres;
 mod session;
 
 use std::pin::Pin;
@@ -217,7 +219,7 @@ pub trait GrainWriter: Send + Sync + 'static {
 /// A store of flows, sources and grains.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A short name of the backend (`embedded`, ...).
+    /// A short name of the backend (`embedded`, `postgres`).
     fn backend_name(&self) -> &'static str;
     /// Succeeds when the backend is reachable and usable.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -25,7 +25,14 @@ use crate::helpers::*;
 #[macro_export]
 macro_rules! store_conformance {
     ($name:ident, $make:expr) => {
-        $crate::store_conformance!(@tests $name, $make, [
+        $crate::store_conformance!(@list $name, $make, #[doc = "A conformance test."]);
+    };
+    // For a backend that needs servers the environment may not have.
+    ($name:ident, $make:expr, ignore = $reason:literal) => {
+        $crate::store_conformance!(@list $name, $make, #[ignore = $reason]);
+    };
+    (@list $name:ident, $make:expr, #[$attr:meta]) => {
+        $crate::store_conformance!(@tests $name, $make, #[$attr], [
             put_flow_creates_and_updates,
             list_flows_filters,
             list_flows_pages,
@@ -53,10 +60,11 @@ macro_rules! store_conformance {
             flows_do_not_share_grains,
         ]);
     };
-    (@tests $name:ident, $make:expr, [$($test:ident),* $(,)?]) => {
+    (@tests $name:ident, $make:expr, #[$attr:meta], [$($test:ident),* $(,)?]) => {
         mod $name {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[$attr]
                 async fn $test() {
                     $crate::conformance::$test($make).await;
                 }

@@ -1,0 +1,816 @@
+//! The scale-out store: PostgreSQL for the index, the resources and live notifications,
+//! an object store (S3, or a directory or memory for development) for payloads. Any
+//! number of grainstore replicas share one database schema and one bucket prefix.
+//!
+//! # Layout
+//!
+//! See [`schema`] for the tables. A committed batch's payloads larger than `inline_max`
+//! become one object (`grains/<flow>/<uuid>`), the grains referencing it by (object,
+//! offset, length); smaller payloads live in the grain row (`bytea`). Every payload has
+//! its crc32c in the row and is checked on read ([`StoreError::Corrupt`]).
+//!
+//! # Writes and durability
+//!
+//! A batch is planned against the rows already stored (identical re-sends are no-ops, a
+//! different grain at an occupied timestamp stops the batch there), its object is
+//! stored, and then one transaction checks the flow, inserts the object row and the
+//! grain rows (`ON CONFLICT DO NOTHING`), records the events and notifies. A concurrent
+//! writer that took one of the planned timestamps in between makes the insert come up
+//! short: the transaction is rolled back and the batch planned again. A commit returns
+//! only after the object is stored and the transaction committed, so a crash between
+//! the two leaves at most an object no row references, which the garbage collector
+//! removes ([`gc`]).
+//!
+//! # Reads
+//!
+//! A read session holds a pooled connection with a `REPEATABLE READ`, read-only
+//! transaction: a snapshot later commits do not change. Pages are keyset queries inside
+//! it; payloads of one object are fetched with one ranged request that coalesces
+//! adjacent grains.
+//!
+//! # Live
+//!
+//! Every change that wakes readers records an event row and `NOTIFY`s the schema's
+//! channel. Each store instance runs one `LISTEN` connection ([`listener`]) that feeds
+//! its [`EventLog`] (ids are the rows' ids, the epoch a constant of the schema, so an id
+//! means the same on every replica) and wakes its [`Notifier`] for changes made through
+//! other replicas. Event ids are handed out under an advisory lock held to the commit,
+//! so ids grow in commit order, which is the order notifications arrive in.
+
+mod gc;
+mod listener;
+mod payloads;
+mod schema;
+mod snapshot;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, Notifier, Page, PageKey,
+    PageRequest, PutOutcome, ReadSession, SessionPool, Source, SourceFilter, SourceId, Store,
+    StoreError, WriteSession, now_rfc3339,
+};
+use crate::time::{Bound, TimeRange, Timestamp};
+
+pub use gc::GcReport;
+pub use payloads::{ObjectStoreConfig, UrlError};
+
+/// Settings of the PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// A libpq-style URL or key/value string, e.g. `postgres://user@host/db`.
+    pub url: String,
+    /// The schema holding the tables (created if absent).
+    pub schema: String,
+    /// Connections in the pool (read sessions hold one each while open).
+    pub pool_size: usize,
+    /// Where payload objects are stored.
+    pub objects: ObjectStoreConfig,
+    /// How many sessions may be open at once.
+    pub max_sessions: usize,
+    /// How long opening a session waits for a free place (and for a connection).
+    pub session_wait: Duration,
+    /// Payloads up to this size are kept in the grain row.
+    pub inline_max: usize,
+    /// How many service events are retained for resumption.
+    pub event_retention: usize,
+    /// How long an unreferenced object is kept before it is deleted (it must exceed
+    /// the longest read session and the longest upload-to-commit time).
+    pub gc_grace: Duration,
+    /// How often the garbage collector runs; zero disables the periodic run.
+    pub gc_interval: Duration,
+}
+
+impl PostgresConfig {
+    /// Defaults for a database at `url` and objects at `object_store_url`.
+    pub fn new(url: impl Into<String>, object_store_url: impl Into<String>) -> PostgresConfig {
+        PostgresConfig {
+            url: url.into(),
+            schema: "public".into(),
+            pool_size: 32,
+            objects: ObjectStoreConfig {
+                url: object_store_url.into(),
+                ..Default::default()
+            },
+            max_sessions: 24,
+            session_wait: Duration::from_millis(500),
+            inline_max: 16 << 10,
+            event_retention: 10_000,
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the PostgreSQL store's settings are refused, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct SettingError {
+    /// Which setting (`url`, `schema`, `object_store_url`).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Checks the settings that can be checked without connecting.
+pub fn check_settings(config: &PostgresConfig) -> Result<(), SettingError> {
+    pg_config(config)?;
+    payloads::open(&config.objects).map_err(|e| SettingError {
+        setting: "object_store_url",
+        reason: e.0,
+    })?;
+    Ok(())
+}
+
+fn valid_schema(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 48
+}
+
+fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, SettingError> {
+    if config.url.trim().is_empty() {
+        return Err(SettingError {
+            setting: "url",
+            reason: "required for the postgres backend".into(),
+        });
+    }
+    let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| SettingError {
+        setting: "url",
+        reason: format!("not a PostgreSQL connection string: {e}"),
+    })?;
+    if !valid_schema(&config.schema) {
+        return Err(SettingError {
+            setting: "schema",
+            reason: format!(
+                "{:?} is not a plain lowercase identifier of at most 48 characters",
+                config.schema
+            ),
+        });
+    }
+    let mut options = pg.get_options().unwrap_or_default().to_owned();
+    if !options.is_empty() {
+        options.push(' ');
+    }
+    options.push_str(&format!("-c search_path={}", config.schema));
+    pg.options(options);
+    if pg.get_application_name().is_none() {
+        pg.application_name("grainstore");
+    }
+    pg.connect_timeout(Duration::from_secs(5));
+    pg.keepalives_idle(Duration::from_secs(30));
+    Ok(pg)
+}
+
+/// A PostgreSQL or pool error as a store error: the backend is unavailable.
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {e}"))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("postgres pool: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A timestamp as its (seconds, nanoseconds) key, seconds floored so that the pair
+/// orders as the timestamp does.
+fn split(t: Timestamp) -> (i64, i32) {
+    let n = t.to_nanos();
+    // 48-bit seconds always fit.
+    (
+        n.div_euclid(1_000_000_000) as i64,
+        n.rem_euclid(1_000_000_000) as i32,
+    )
+}
+
+fn join(sec: i64, nsec: i32) -> Result<Timestamp, StoreError> {
+    Timestamp::from_nanos(i128::from(sec) * 1_000_000_000 + i128::from(nsec)).map_err(corrupt)
+}
+
+/// The end of a grain's duration, rounded to the nearest nanosecond; `None` when the
+/// grain has no (positive) duration (as the embedded store computes it).
+fn grain_end(grain: &crate::grain::Grain) -> Option<Timestamp> {
+    let duration = grain.duration();
+    if duration.numerator <= 0 || duration.denominator <= 0 {
+        return None;
+    }
+    let num = i128::from(duration.numerator) * 1_000_000_000;
+    let den = i128::from(duration.denominator);
+    let nanos = (2 * num + den) / (2 * den);
+    grain.origin_timestamp().checked_add_nanos(nanos)
+}
+
+/// The flow's extent from its first grain and its last grain's end.
+fn extent(
+    first: Option<(i64, i32)>,
+    last: Option<(i64, i32)>,
+    end: Option<(i64, i32)>,
+) -> Result<TimeRange, StoreError> {
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(TimeRange::empty());
+    };
+    let start = join(first.0, first.1)?;
+    let last = join(last.0, last.1)?;
+    Ok(match end.map(|(s, n)| join(s, n)).transpose()? {
+        Some(end) if end > last => TimeRange::new(Bound::Inclusive(start), Bound::Exclusive(end)),
+        _ => TimeRange::new(Bound::Inclusive(start), Bound::Inclusive(last)),
+    })
+}
+
+/// The columns giving a flow's extent (six of them), from [`extent_join`]'s joins.
+fn extent_sql() -> &'static str {
+    "x0.ts_sec, x0.ts_nsec, x1.ts_sec, x1.ts_nsec, x1.end_sec, x1.end_nsec"
+}
+
+/// Joins the first and last grain of the flow whose id is the SQL expression `id`.
+fn extent_join(id: &str) -> String {
+    format!(
+        "LEFT JOIN LATERAL (SELECT ts_sec, ts_nsec FROM grains
+           WHERE flow_id = {id} ORDER BY ts_sec, ts_nsec LIMIT 1) x0 ON true
+         LEFT JOIN LATERAL (SELECT ts_sec, ts_nsec, end_sec, end_nsec FROM grains
+           WHERE flow_id = {id} ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) x1 ON true"
+    )
+}
+
+fn extent_of(row: &tokio_postgres::Row, at: usize) -> Result<TimeRange, StoreError> {
+    let pair = |s: usize| -> Option<(i64, i32)> {
+        match (
+            row.get::<_, Option<i64>>(s),
+            row.get::<_, Option<i32>>(s + 1),
+        ) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        }
+    };
+    extent(pair(at), pair(at + 2), pair(at + 4))
+}
+
+/// An event to record in the transaction that causes it.
+#[derive(Debug)]
+struct PendingEvent {
+    event_type: &'static str,
+    flow: Option<FlowId>,
+    source: Option<SourceId>,
+    body: Value,
+}
+
+/// What the store's parts share.
+struct Shared {
+    pool: Pool,
+    /// Connection settings, for the listener's own connection.
+    pg: tokio_postgres::Config,
+    payloads: payloads::Payloads,
+    notifier: Notifier,
+    events: EventLog,
+    inline_max: usize,
+    /// Identifies this instance in the events it records, so the listener does not wake
+    /// local watchers a second time for local commits.
+    origin: uuid::Uuid,
+    /// The `NOTIFY` channel of the schema.
+    channel: String,
+    /// The advisory lock under which event ids are handed out.
+    event_lock: i64,
+    /// The advisory lock that lets one replica at a time collect garbage.
+    gc_lock: i64,
+    gc_grace: Duration,
+    event_retention: usize,
+}
+
+/// The PostgreSQL + object store [`Store`].
+///
+/// Dropping it stops its listener and garbage-collector tasks.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    sessions: SessionPool,
+    /// Cancelled on drop: ends the background tasks.
+    stop: CancellationToken,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies the migrations, and starts the listener and the garbage
+    /// collector. Fails when PostgreSQL or the object store cannot be reached.
+    pub async fn open(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
+        let refused = |e: SettingError| StoreError::Unavailable(format!("storage settings: {e}"));
+        let pg = pg_config(&config).map_err(refused)?;
+        let object_store = payloads::open(&config.objects).map_err(|e| {
+            refused(SettingError {
+                setting: "object_store_url",
+                reason: e.0,
+            })
+        })?;
+        let payloads = payloads::Payloads::new(object_store);
+        payloads.ping().await?;
+
+        let epoch = {
+            let (mut client, connection) = pg.connect(NoTls).await.map_err(pg_error)?;
+            let task = tokio::spawn(connection);
+            let epoch = schema::migrate(&mut client, &config.schema).await;
+            drop(client);
+            let _ = task.await;
+            epoch?
+        };
+
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .wait_timeout(Some(config.session_wait.max(Duration::from_millis(100))))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
+        // Fail at start when the pool cannot connect.
+        drop(pool.get().await.map_err(pool_error)?);
+
+        let shared = Arc::new(Shared {
+            pool,
+            pg,
+            payloads,
+            notifier: Notifier::default(),
+            events: EventLog::with_epoch(config.event_retention, epoch),
+            inline_max: config.inline_max,
+            origin: uuid::Uuid::new_v4(),
+            channel: format!("grainstore_{}", config.schema),
+            event_lock: schema::lock_key("events", &config.schema),
+            gc_lock: schema::lock_key("gc", &config.schema),
+            gc_grace: config.gc_grace,
+            event_retention: config.event_retention,
+        });
+        let stop = CancellationToken::new();
+        let ready = listener::start(shared.clone(), stop.clone());
+        // Wait (briefly) until the listener has caught up, so the event log starts
+        // with the retained events and no commit made from now on is missed.
+        if tokio::time::timeout(Duration::from_secs(10), ready)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the postgres listener is not connected yet; continuing");
+        }
+        if !config.gc_interval.is_zero() {
+            gc::start(shared.clone(), config.gc_interval, stop.clone());
+        }
+        Ok(PostgresStore {
+            shared,
+            sessions: SessionPool::new(config.max_sessions, config.session_wait),
+            stop,
+        })
+    }
+
+    /// Runs the garbage collector once: deletes objects unreferenced for longer than
+    /// `grace`, objects no row knows that are older than `grace`, and events past the
+    /// retention. Safe to run on several replicas at once (one does the work).
+    pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport, StoreError> {
+        gc::collect(&self.shared, grace).await
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.shared.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs a read-only query function, retrying when the database is unreachable (a
+    /// failover, a restart): reads are safe to repeat.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            let result = match self.client().await {
+                Ok(client) => f(client).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(StoreError::Unavailable(e)) if attempt < 2 => {
+                    tracing::debug!(error = %e, attempt, "postgres read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Records `events` in `txn` and notifies the schema's channel; the caller commits.
+///
+/// Ids are taken under a transaction advisory lock, released by the commit: a later
+/// id is thus always committed after an earlier one, and listeners, which receive
+/// notifications in commit order, see ids only grow.
+async fn record_events(
+    shared: &Shared,
+    txn: &tokio_postgres::Transaction<'_>,
+    events: &[PendingEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&shared.event_lock])
+        .await
+        .map_err(pg_error)?;
+    let (sec, nsec) = split(Timestamp::now());
+    let mut recorded = Vec::with_capacity(events.len());
+    for e in events {
+        let row = txn
+            .query_one(
+                "INSERT INTO events (event_type, flow_id, source_id, ts_sec, ts_nsec, body, origin)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    &e.event_type,
+                    &e.flow,
+                    &e.source,
+                    &sec,
+                    &nsec,
+                    &e.body,
+                    &shared.origin,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let id: i64 = row.get(0);
+        recorded.push(listener::Wire {
+            id,
+            event_type: e.event_type.to_owned(),
+            flow: e.flow,
+            source: e.source,
+            ts: (sec, nsec),
+            body: e.body.clone(),
+        });
+    }
+    let payload = listener::notification(shared.origin, &recorded);
+    txn.execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+fn flow_from_json(value: Value) -> Result<Flow, StoreError> {
+    serde_json::from_value(value).map_err(corrupt)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
+    serde_json::to_value(value).map_err(corrupt)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_error)?;
+        drop(client);
+        self.shared.payloads.ping().await
+    }
+
+    fn sessions(&self) -> &SessionPool {
+        &self.sessions
+    }
+
+    async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error)?;
+        let now = now_rfc3339();
+        let mut flow = flow;
+        let previous = txn
+            .query_opt(
+                "SELECT resource FROM flows WHERE id = $1 FOR UPDATE",
+                &[&flow.id],
+            )
+            .await
+            .map_err(pg_error)?
+            .map(|row| flow_from_json(row.get(0)))
+            .transpose()?;
+        flow.created = Some(
+            previous
+                .as_ref()
+                .and_then(|p| p.created.clone())
+                .unwrap_or_else(|| now.clone()),
+        );
+        flow.metadata_updated = Some(now.clone());
+        let resource = to_json(&flow)?;
+        let inserted = txn
+            .execute(
+                "INSERT INTO flows (id, source_id, format, label, read_only, resource)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET source_id = EXCLUDED.source_id,
+                   format = EXCLUDED.format, label = EXCLUDED.label,
+                   read_only = EXCLUDED.read_only, resource = EXCLUDED.resource",
+                &[
+                    &flow.id,
+                    &flow.source_id,
+                    &flow.format.as_urn(),
+                    &flow.label,
+                    &flow.read_only,
+                    &resource,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        debug_assert_eq!(inserted, 1);
+        let mut events = Vec::new();
+        let source = Source {
+            id: flow.source_id,
+            format: flow.format,
+            label: None,
+            description: None,
+            tags: Default::default(),
+            created: Some(now.clone()),
+            updated: Some(now),
+        };
+        let source_json = to_json(&source)?;
+        let created_source = txn
+            .execute(
+                "INSERT INTO sources (id, format, label, resource) VALUES ($1, $2, NULL, $3)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&source.id, &source.format.as_urn(), &source_json],
+            )
+            .await
+            .map_err(pg_error)?;
+        if created_source == 1 {
+            events.push(PendingEvent {
+                event_type: "sources/created",
+                flow: None,
+                source: Some(source.id),
+                body: source_json,
+            });
+        }
+        events.push(PendingEvent {
+            event_type: if previous.is_some() {
+                "flows/updated"
+            } else {
+                "flows/created"
+            },
+            flow: Some(flow.id),
+            source: Some(flow.source_id),
+            body: resource,
+        });
+        record_events(&self.shared, &txn, &events).await?;
+        txn.commit().await.map_err(pg_error)?;
+        Ok(if previous.is_some() {
+            PutOutcome::Updated
+        } else {
+            PutOutcome::Created
+        })
+    }
+
+    async fn get_flow(&self, id: FlowId) -> Result<Option<FlowInfo>, StoreError> {
+        let sql = format!(
+            "SELECT f.resource, {} FROM flows f {} WHERE f.id = $1",
+            extent_sql(),
+            extent_join("f.id")
+        );
+        self.read(|client| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+                let Some(row) = client
+                    .query_opt(&statement, &[&id])
+                    .await
+                    .map_err(pg_error)?
+                else {
+                    return Ok(None);
+                };
+                let flow = flow_from_json(row.get(0))?;
+                let timerange = extent_of(&row, 1)?;
+                Ok(Some(FlowInfo { flow, timerange }))
+            }
+        })
+        .await
+    }
+
+    async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error)?;
+        let deleted = txn
+            .execute("DELETE FROM flows WHERE id = $1", &[&id])
+            .await
+            .map_err(pg_error)?;
+        if deleted == 0 {
+            return Ok(false);
+        }
+        writer::delete_range(&txn, id, &TimeRange::eternity()).await?;
+        let events = [PendingEvent {
+            event_type: "flows/deleted",
+            flow: Some(id),
+            source: None,
+            body: serde_json::json!({ "flow_id": id }),
+        }];
+        record_events(&self.shared, &txn, &events).await?;
+        txn.commit().await.map_err(pg_error)?;
+        // Live readers of the flow must learn that it is gone.
+        self.shared.notifier.notify(id);
+        Ok(true)
+    }
+
+    async fn list_flows(
+        &self,
+        filter: &FlowFilter,
+        page: &PageRequest,
+    ) -> Result<Page<FlowInfo>, StoreError> {
+        // Source, format and label filter in SQL; tags and the timerange here.
+        let sql = format!(
+            "SELECT f.id, f.resource, {} FROM flows f {}
+             WHERE ($1::uuid IS NULL OR f.id > $1) AND ($2::uuid IS NULL OR f.source_id = $2)
+               AND ($3::text IS NULL OR f.format = $3) AND ($4::text IS NULL OR f.label = $4)
+             ORDER BY f.id LIMIT $5",
+            extent_sql(),
+            extent_join("f.id")
+        );
+        let limit = page.limit.max(1);
+        let format = filter.format.map(|f| f.as_urn());
+        self.read(|client| {
+            let sql = &sql;
+            async move {
+                let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+                let mut after = page.after.map(|k| k.0);
+                let mut items = Vec::new();
+                let chunk = i64::try_from(limit.max(64)).unwrap_or(1000);
+                loop {
+                    let rows = client
+                        .query(
+                            &statement,
+                            &[&after, &filter.source_id, &format, &filter.label, &chunk],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    let exhausted = (rows.len() as i64) < chunk;
+                    for row in &rows {
+                        let id: uuid::Uuid = row.get(0);
+                        after = Some(id);
+                        let flow = flow_from_json(row.get(1))?;
+                        if !flow.matches(filter) {
+                            continue;
+                        }
+                        let timerange = extent_of(row, 2)?;
+                        if !filter
+                            .timerange
+                            .as_ref()
+                            .is_none_or(|wanted| wanted.overlaps(&timerange))
+                        {
+                            continue;
+                        }
+                        if items.len() == limit {
+                            let next = items.last().map(|i: &FlowInfo| PageKey(i.flow.id));
+                            return Ok(Page { items, next });
+                        }
+                        items.push(FlowInfo { flow, timerange });
+                    }
+                    if exhausted {
+                        return Ok(Page { items, next: None });
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn get_source(&self, id: SourceId) -> Result<Option<Source>, StoreError> {
+        self.read(|client| async move {
+            let row = client
+                .query_opt("SELECT resource FROM sources WHERE id = $1", &[&id])
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| serde_json::from_value(row.get(0)).map_err(corrupt))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_sources(
+        &self,
+        filter: &SourceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Source>, StoreError> {
+        let limit = page.limit.max(1);
+        let format = filter.format.map(|f| f.as_urn());
+        self.read(|client| async move {
+            let mut after = page.after.map(|k| k.0);
+            let mut items: Vec<Source> = Vec::new();
+            let chunk = i64::try_from(limit.max(64)).unwrap_or(1000);
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT id, resource FROM sources
+                         WHERE ($1::uuid IS NULL OR id > $1) AND ($2::text IS NULL OR format = $2)
+                         ORDER BY id LIMIT $3",
+                        &[&after, &format, &chunk],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let exhausted = (rows.len() as i64) < chunk;
+                for row in &rows {
+                    let id: uuid::Uuid = row.get(0);
+                    after = Some(id);
+                    let source: Source = serde_json::from_value(row.get(1)).map_err(corrupt)?;
+                    if !source.matches(filter) {
+                        continue;
+                    }
+                    if items.len() == limit {
+                        let next = items.last().map(|s| PageKey(s.id));
+                        return Ok(Page { items, next });
+                    }
+                    items.push(source);
+                }
+                if exhausted {
+                    return Ok(Page { items, next: None });
+                }
+            }
+        })
+        .await
+    }
+
+    async fn open_read(&self, flow: FlowId) -> Result<ReadSession, StoreError> {
+        let permit = self.sessions.acquire().await?;
+        let snapshot = snapshot::PgSnapshot::open(self.shared.clone(), flow).await?;
+        Ok(ReadSession::new(flow, Arc::new(snapshot), permit))
+    }
+
+    async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError> {
+        let permit = self.sessions.acquire().await?;
+        let read_only = self
+            .read(|client| async move {
+                let row = client
+                    .query_opt("SELECT read_only FROM flows WHERE id = $1", &[&flow])
+                    .await
+                    .map_err(pg_error)?;
+                Ok(row.map(|r| r.get::<_, bool>(0)))
+            })
+            .await?;
+        match read_only {
+            None => return Err(StoreError::FlowNotFound(flow)),
+            Some(true) => return Err(StoreError::ReadOnly(flow)),
+            Some(false) => {}
+        }
+        let writer = writer::PgWriter::new(self.shared.clone(), flow);
+        Ok(WriteSession::new(flow, Arc::new(writer), permit))
+    }
+
+    async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(pg_error)?;
+        let row = txn
+            .query_opt(
+                "SELECT read_only FROM flows WHERE id = $1 FOR SHARE",
+                &[&flow],
+            )
+            .await
+            .map_err(pg_error)?;
+        match row.map(|r| r.get::<_, bool>(0)) {
+            None => return Err(StoreError::FlowNotFound(flow)),
+            Some(true) => return Err(StoreError::ReadOnly(flow)),
+            Some(false) => {}
+        }
+        let deleted = writer::delete_range(&txn, flow, range).await?;
+        if deleted == 0 {
+            return Ok(0);
+        }
+        let events = [PendingEvent {
+            event_type: "flows/grains_deleted",
+            flow: Some(flow),
+            source: None,
+            body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
+        }];
+        record_events(&self.shared, &txn, &events).await?;
+        txn.commit().await.map_err(pg_error)?;
+        self.shared.notifier.notify(flow);
+        Ok(deleted)
+    }
+
+    fn watch(&self, flow: FlowId) -> CommitWatch {
+        self.shared.notifier.watch(flow)
+    }
+
+    fn events(&self) -> &super::EventLog {
+        &self.shared.events
+    }
+}

@@ -1,0 +1,225 @@
+//! Payload objects: one object per committed batch holding the batch's large payloads
+//! back to back, read back by byte ranges.
+//!
+//! The store is an `Arc<dyn ObjectStore>` whether the bytes live in S3, on a local disk
+//! or in memory, under the prefix of the configured URL. Keys are
+//! `grains/<flow id>/<random uuid>`: never reused, so an object is written once and a
+//! reader never sees it change.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::store::{FlowId, StoreError};
+
+/// Where payload objects go, and how to reach an S3-compatible service.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix`, `file:///path` or `memory://`.
+    pub url: String,
+    /// The S3 endpoint (for S3-compatible services); empty for AWS.
+    pub s3_endpoint: String,
+    /// The S3 region.
+    pub s3_region: String,
+    /// The access key id; empty to take credentials from the environment (`AWS_*`).
+    pub s3_access_key_id: String,
+    /// The secret access key.
+    pub s3_secret_access_key: String,
+    /// Whether plain `http://` endpoints are allowed.
+    pub s3_allow_http: bool,
+}
+
+/// Why an object store URL is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(pub String);
+
+/// Opens the object store of `config`, under the URL's prefix.
+pub fn open(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>, UrlError> {
+    let url = Url::parse(&config.url)
+        .map_err(|e| UrlError(format!("{:?} is not a URL: {e}", config.url)))?;
+    let prefix = url.path().trim_matches('/').to_owned();
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "memory" => Arc::new(object_store::memory::InMemory::new()),
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|()| UrlError(format!("{:?} is not a file path", config.url)))?;
+            std::fs::create_dir_all(&path).map_err(|e| {
+                UrlError(format!("cannot create directory {}: {e}", path.display()))
+            })?;
+            let local = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| UrlError(format!("cannot use {}: {e}", path.display())))?;
+            return Ok(Arc::new(local));
+        }
+        "s3" => {
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| UrlError(format!("{:?} names no bucket", config.url)))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_allow_http(config.s3_allow_http)
+                .with_retry(object_store::RetryConfig {
+                    backoff: Default::default(),
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                });
+            if !config.s3_region.is_empty() {
+                builder = builder.with_region(&config.s3_region);
+            }
+            if !config.s3_endpoint.is_empty() {
+                builder = builder.with_endpoint(&config.s3_endpoint);
+            }
+            if !config.s3_access_key_id.is_empty() {
+                builder = builder
+                    .with_access_key_id(&config.s3_access_key_id)
+                    .with_secret_access_key(&config.s3_secret_access_key);
+            }
+            Arc::new(
+                builder
+                    .build()
+                    .map_err(|e| UrlError(format!("cannot configure S3: {e}")))?,
+            )
+        }
+        other => {
+            return Err(UrlError(format!(
+                "unsupported scheme {other:?}: use s3://bucket/prefix, file:///path or memory://"
+            )));
+        }
+    };
+    if prefix.is_empty() {
+        Ok(store)
+    } else {
+        Ok(Arc::new(object_store::prefix::PrefixStore::new(
+            store,
+            Path::from(prefix),
+        )))
+    }
+}
+
+fn unavailable(e: object_store::Error) -> StoreError {
+    StoreError::Unavailable(format!("object store: {e}"))
+}
+
+/// The payload objects of one store.
+#[derive(Clone, Debug)]
+pub struct Payloads {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// The prefix under which every payload object lives.
+pub const OBJECTS_PREFIX: &str = "grains";
+
+impl Payloads {
+    /// Payload objects in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Payloads {
+        Payloads { store }
+    }
+
+    /// The underlying object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// A fresh key for an object of `flow`.
+    pub fn new_key(flow: FlowId) -> String {
+        format!(
+            "{OBJECTS_PREFIX}/{}/{}",
+            flow.simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// Stores `parts` back to back as the object `key` (no copy: the parts are the
+    /// grains' own buffers).
+    pub async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        let payload: PutPayload = parts.into_iter().collect();
+        self.store
+            .put(&Path::from(key), payload)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Deletes `key`; an object already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Deletes `key` in the background, for an object a failed commit left unreferenced
+    /// (the garbage collector removes it later if this fails).
+    pub fn discard(&self, key: String) {
+        let payloads = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = payloads.delete(&key).await {
+                tracing::debug!(error = %e, key, "cannot delete an unused object; gc will");
+            }
+        });
+    }
+
+    /// Fetches byte ranges of several objects: `wanted` is (key, range) per payload, the
+    /// answer is in the same order. Ranges of one object are fetched in one call that
+    /// coalesces adjacent ones; objects are fetched concurrently.
+    pub async fn fetch(
+        &self,
+        wanted: &[(&str, Range<u64>)],
+    ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
+        let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (key, _)) in wanted.iter().enumerate() {
+            by_key.entry(key).or_default().push(i);
+        }
+        let fetches = by_key.into_iter().map(|(key, indexes)| {
+            let ranges: Vec<Range<u64>> = indexes.iter().map(|&i| wanted[i].1.clone()).collect();
+            async move {
+                let got = self.store.get_ranges(&Path::from(key), &ranges).await;
+                (key, indexes, got)
+            }
+        });
+        let mut out: Vec<Option<Result<Bytes, StoreError>>> =
+            (0..wanted.len()).map(|_| None).collect();
+        for (key, indexes, got) in futures::future::join_all(fetches).await {
+            match got {
+                Ok(parts) => {
+                    for (i, bytes) in indexes.into_iter().zip(parts) {
+                        out[i] = Some(Ok(bytes));
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    for i in indexes {
+                        out[i] = Some(Err(StoreError::Corrupt(format!(
+                            "payload object {key} is missing"
+                        ))));
+                    }
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
+            })
+            .collect()
+    }
+
+    /// Succeeds when the object store answers (a missing probe object is an answer).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self
+            .store
+            .head(&Path::from(format!("{OBJECTS_PREFIX}/.ping")))
+            .await
+        {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
