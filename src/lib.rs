@@ -10,8 +10,12 @@
 //! - [`config`]: the service's configuration (`config/default.toml`, environment, file).
 //! - [`api`]: the HTTP service built on axum.
 //! - [`server`]: binding, serving and graceful shutdown.
+//! - `client` (feature `client`, on by default): the `FlowProvider` API over HTTP — flow
+//!   readers, live grain streams and writers.
 
 pub mod api;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod grain;
 pub mod gsf;
