@@ -338,15 +338,16 @@ impl State {
                 Ok(Ok(Reply::Count(1)))
             }
             Job::DeleteGrains { flow, range } => {
-                if let Err(refusal) = check_writable(txn, *flow)? {
-                    return Ok(Err(refusal));
-                }
+                let source = match check_writable(txn, *flow)? {
+                    Ok(source) => source,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
                 let deleted = delete_range(txn, group, *flow, range)?;
                 if deleted > 0 {
                     group.events.push(PendingEvent {
                         event_type: "flows/grains_deleted",
                         flow: Some(*flow),
-                        source: None,
+                        source: Some(source),
                         body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
                     });
                 }
@@ -362,9 +363,10 @@ impl State {
         flow: FlowId,
         grains: &[Grain],
     ) -> Result<Result<Reply, StoreError>, StoreError> {
-        if let Err(refusal) = check_writable(txn, flow)? {
-            return Ok(Err(refusal));
-        }
+        let source = match check_writable(txn, flow)? {
+            Ok(source) => source,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         let mut table = txn.open_table(GRAINS).map_err(engine)?;
         let mut outcome = BatchOutcome::default();
         let mut conflict = None;
@@ -437,7 +439,7 @@ impl State {
             group.events.push(PendingEvent {
                 event_type: "flows/grains_added",
                 flow: Some(flow),
-                source: None,
+                source: Some(source),
                 body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
             });
         }
@@ -515,10 +517,11 @@ impl State {
     }
 }
 
+/// The flow's source when the flow exists and is writable; its refusal otherwise.
 fn check_writable(
     txn: &WriteTransaction,
     flow: FlowId,
-) -> Result<Result<(), StoreError>, StoreError> {
+) -> Result<Result<uuid::Uuid, StoreError>, StoreError> {
     let flows = txn.open_table(FLOWS).map_err(engine)?;
     let Some(value) = flows.get(flow.as_u128()).map_err(engine)? else {
         return Ok(Err(StoreError::FlowNotFound(flow)));
@@ -527,7 +530,7 @@ fn check_writable(
     if stored.read_only {
         return Ok(Err(StoreError::ReadOnly(flow)));
     }
-    Ok(Ok(()))
+    Ok(Ok(stored.source_id))
 }
 
 fn put_flow(
