@@ -496,8 +496,7 @@ impl Config {
         if s.gc_grace_secs < 60 {
             return Err(ConfigError::Value {
                 key: "storage.gc_grace_secs",
-                reason: "must be at least 60 (it must outlast uploads and read sessions)"
-                    .into(),
+                reason: "must be at least 60 (it must outlast uploads and read sessions)".into(),
             });
         }
         if !s.s3_access_key_id.is_empty() && s.s3_secret_access_key.is_empty() {
@@ -509,21 +508,16 @@ impl Config {
         if s.s3_endpoint.starts_with("http://") && !s.s3_allow_http {
             return Err(ConfigError::Value {
                 key: "storage.s3_allow_http",
-                reason: format!(
-                    "must be true for the http:// endpoint {:?}",
-                    s.s3_endpoint
-                ),
+                reason: format!("must be true for the http:// endpoint {:?}", s.s3_endpoint),
             });
         }
-        crate::store::postgres::check_settings(&self.postgres()).map_err(|e| {
-            ConfigError::Value {
-                key: match e.setting {
-                    "url" => "storage.postgres_url",
-                    "schema" => "storage.postgres_schema",
-                    _ => "storage.object_store_url",
-                },
-                reason: e.reason,
-            }
+        crate::store::postgres::check_settings(&self.postgres()).map_err(|e| ConfigError::Value {
+            key: match e.setting {
+                "url" => "storage.postgres_url",
+                "schema" => "storage.postgres_schema",
+                _ => "storage.object_store_url",
+            },
+            reason: e.reason,
         })
     }
 }
@@ -615,7 +609,10 @@ mod tests {
         };
         let err = load(&[]).unwrap_err().to_string();
         assert!(err.contains("storage.postgres_url"), "{err}");
-        let url = ("GRAINSTORE__STORAGE__POSTGRES_URL", "postgres://u@127.0.0.1/db");
+        let url = (
+            "GRAINSTORE__STORAGE__POSTGRES_URL",
+            "postgres://u@127.0.0.1/db",
+        );
         let err = load(&[url]).unwrap_err().to_string();
         assert!(err.contains("storage.object_store_url"), "{err}");
         let err = load(&[url, ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "ftp://x/y")])
@@ -627,13 +624,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage.postgres_schema"), "{err}");
-        let err = load(&[("GRAINSTORE__STORAGE__POSTGRES_URL", "postgres://u@h:notaport/db"), memory])
-            .unwrap_err()
-            .to_string();
+        let err = load(&[
+            (
+                "GRAINSTORE__STORAGE__POSTGRES_URL",
+                "postgres://u@h:notaport/db",
+            ),
+            memory,
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("storage.postgres_url"), "{err}");
         let err = load(&[
             url,
-            ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "s3://bucket/prefix"),
+            (
+                "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
+                "s3://bucket/prefix",
+            ),
             ("GRAINSTORE__STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000"),
         ])
         .unwrap_err()
@@ -641,7 +647,10 @@ mod tests {
         assert!(err.contains("storage.s3_allow_http"), "{err}");
         let config = load(&[
             url,
-            ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "s3://bucket/prefix"),
+            (
+                "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
+                "s3://bucket/prefix",
+            ),
             ("GRAINSTORE__STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000"),
             ("GRAINSTORE__STORAGE__S3_ALLOW_HTTP", "true"),
             ("GRAINSTORE__STORAGE__S3_ACCESS_KEY_ID", "k"),
