@@ -368,6 +368,9 @@ pub async fn large(
     // The memory bound over the whole uploaded volume, when it is larger.
     if data.mib > n {
         let path = format!("/flows/{}/grains", data.flow);
+        // A fresh connection: the peers' reads took longer than the server keeps an
+        // idle keep-alive connection open.
+        let mut conn = Conn::open(grainstore.port).await;
         reset_peak(grainstore.server.pid);
         let sampler = RssSampler::start(grainstore.server.pid);
         let meter = Meter::start(grainstore.server.pid);
