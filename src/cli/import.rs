@@ -77,67 +77,72 @@ async fn import(provider: &FlowProvider, args: &ImportArgs) -> CliResult {
     let mut remapped_from: Option<Uuid> = None;
     let mut buffer = vec![0u8; 1 << 20];
     let name = args.file.display().to_string();
-    loop {
-        let n = input
-            .read(&mut buffer)
-            .await
-            .map_err(|e| CliError::io(&format!("cannot read {name}"), e))?;
-        if n > 0 {
-            decoder.push(Bytes::copy_from_slice(&buffer[..n]));
-            progress.add_bytes(n as u64);
-        }
+    let fed = async {
         loop {
-            let event = decoder.next_event().map_err(|e| bad_gsf(&name, &e))?;
-            match event {
-                None => break,
-                Some(GsfEvent::Head(h)) => {
-                    if args.flow.is_some() && h.segments.len() > 1 {
-                        return Err(several_flows(&name, h.segments.len()));
+            let n = input
+                .read(&mut buffer)
+                .await
+                .map_err(|e| CliError::io(&format!("cannot read {name}"), e))?;
+            if n > 0 {
+                decoder.push(Bytes::copy_from_slice(&buffer[..n]));
+                progress.add_bytes(n as u64);
+            }
+            loop {
+                let event = decoder.next_event().map_err(|e| bad_gsf(&name, &e))?;
+                match event {
+                    None => break,
+                    Some(GsfEvent::Head(h)) => {
+                        if args.flow.is_some() && h.segments.len() > 1 {
+                            return Err(several_flows(&name, h.segments.len()));
+                        }
+                        head = Some(h);
                     }
-                    head = Some(h);
-                }
-                Some(GsfEvent::End) => {}
-                Some(GsfEvent::Grain { local_id, grain }) => {
-                    let grain = match args.flow {
-                        None => grain,
-                        Some(flow) => {
-                            let from = *remapped_from.get_or_insert(grain.flow_id());
-                            if grain.flow_id() != from {
-                                return Err(several_flows(&name, 2));
+                    Some(GsfEvent::End) => {}
+                    Some(GsfEvent::Grain { local_id, grain }) => {
+                        let grain = match args.flow {
+                            None => grain,
+                            Some(flow) => {
+                                let from = *remapped_from.get_or_insert(grain.flow_id());
+                                if grain.flow_id() != from {
+                                    return Err(several_flows(&name, 2));
+                                }
+                                remap(grain, flow, args.source_id)?
                             }
-                            remap(grain, flow, args.source_id)?
-                        }
-                    };
-                    let target = match targets.entry(grain.flow_id()) {
-                        Entry::Occupied(entry) => entry.into_mut(),
-                        Entry::Vacant(entry) => {
-                            let segment_format = head
-                                .as_ref()
-                                .and_then(|h| h.segments.iter().find(|s| s.local_id == local_id))
-                                .and_then(|s| s.flow.as_ref())
-                                .and_then(|f| Format::from_urn(&f.format));
-                            ensure_flow(provider, args, &grain, segment_format).await?;
-                            let writer = provider
-                                .open_write(grain.flow_id(), WriteConfig::default())
-                                .map_err(|e| service.fail(e))?;
-                            entry.insert(Target { writer, grains: 0 })
-                        }
-                    };
-                    target
-                        .writer
-                        .write(&grain)
-                        .await
-                        .map_err(|e| service.fail(e))?;
-                    target.grains += 1;
-                    progress.add_grain(None);
+                        };
+                        let target = match targets.entry(grain.flow_id()) {
+                            Entry::Occupied(entry) => entry.into_mut(),
+                            Entry::Vacant(entry) => {
+                                let segment_format = head
+                                    .as_ref()
+                                    .and_then(|h| {
+                                        h.segments.iter().find(|s| s.local_id == local_id)
+                                    })
+                                    .and_then(|s| s.flow.as_ref())
+                                    .and_then(|f| Format::from_urn(&f.format));
+                                ensure_flow(provider, args, &grain, segment_format).await?;
+                                let writer = provider
+                                    .open_write(grain.flow_id(), WriteConfig::default())
+                                    .map_err(|e| service.fail(e))?;
+                                entry.insert(Target { writer, grains: 0 })
+                            }
+                        };
+                        target
+                            .writer
+                            .write(&grain)
+                            .await
+                            .map_err(|e| service.fail(e))?;
+                        target.grains += 1;
+                        progress.add_grain(None);
+                    }
                 }
             }
+            if n == 0 {
+                break;
+            }
         }
-        if n == 0 {
-            break;
-        }
+        decoder.finish().map_err(|e| bad_gsf(&name, &e))
     }
-    decoder.finish().map_err(|e| bad_gsf(&name, &e))?;
+    .await;
     let mut summaries: Vec<(Uuid, WriteSummary)> = Vec::new();
     let mut failure = None;
     for (flow, target) in targets {
@@ -153,6 +158,15 @@ async fn import(provider: &FlowProvider, args: &ImportArgs) -> CliResult {
             "flow {flow}: {} grains written, {} unchanged, timerange {}",
             summary.written, summary.unchanged, summary.timerange
         );
+    }
+    if let Err(mut e) = fed {
+        // The complete grains before the fault are committed (the writers were closed).
+        let committed: u64 = summaries.iter().map(|(_, s)| s.committed()).sum();
+        e.message = format!(
+            "{}; the {committed} grains before it were imported",
+            e.message
+        );
+        return Err(e);
     }
     if let Some(failure) = failure {
         return Err(failure);

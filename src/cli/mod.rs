@@ -106,10 +106,10 @@ impl CliError {
                     ),
                 )
             }
-            ClientError::Unavailable { attempts, .. } => CliError::new(
+            ClientError::Unavailable { attempts, last } => CliError::new(
                 Unavailable,
                 format!(
-                    "the service at {url} is unavailable after {attempts} attempts ({detail}); try again later"
+                    "the service at {url} is unavailable after {attempts} attempts ({last}); check that it is running and try again later"
                 ),
             ),
             ClientError::Transport(t) if t.is_connect() || t.is_timeout() => CliError::new(
@@ -192,6 +192,7 @@ impl ServiceArgs {
 /// Runs a command's future on a runtime and turns its outcome into the exit code,
 /// printing a failure as one line.
 pub fn run(command: impl std::future::Future<Output = CliResult>) -> ExitCode {
+    restore_sigpipe();
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -206,6 +207,17 @@ pub fn run(command: impl std::future::Future<Output = CliResult>) -> ExitCode {
             eprintln!("grainstore: {}", e.message);
             ExitCode::from(e.exit as u8)
         }
+    }
+}
+
+/// A command whose output is cut (`| head`, `| grep -q`) ends quietly, as Unix tools
+/// do, instead of failing on its next write (Rust ignores SIGPIPE by default; the
+/// service keeps that, the client commands do not).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
