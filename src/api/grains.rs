@@ -17,6 +17,7 @@ use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
     GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
 };
+use super::sessions::{FlowRead, FlowWrite};
 use super::{ApiError, ApiResult, AppState, live};
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, FlowId, GrainQuery, Order, StoreError, WriteSession};
@@ -25,7 +26,7 @@ use crate::time::{Bound, TimeRange, Timestamp};
 /// `GET /flows/{id}/grains`: the grains of a timerange as a GSF or NDJSON stream.
 pub async fn read(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    FlowRead { flow, session }: FlowRead,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -42,7 +43,6 @@ pub async fn read(
         ],
         false,
     )?;
-    let flow = parse_uuid("flow id", &id)?;
     let media = negotiate(
         &headers,
         &[GrainMedia::Gsf, GrainMedia::Ndjson, GrainMedia::EventStream],
@@ -92,7 +92,6 @@ pub async fn read(
     let grains: futures::stream::BoxStream<'static, Result<Grain, StoreError>> = if follow {
         follow_stream(&state, flow, range, count, with_payload).await?
     } else {
-        let session = state.store.open_read(flow).await?;
         let grains = session.grains(GrainQuery {
             range,
             order,
@@ -162,15 +161,13 @@ async fn follow_stream(
 /// and committed in batches.
 pub async fn write(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    FlowWrite { mut session, .. }: FlowWrite,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     QueryParams::parse(raw.as_deref(), &[], false)?;
-    let flow = parse_uuid("flow id", &id)?;
     let format = body_format(&headers)?;
-    let mut session = state.store.open_write(flow).await?;
     let mut upload = Upload {
         decoder: BodyDecoder::new(format, state.config.limits.max_grain_bytes),
         staged: Vec::new(),
@@ -387,12 +384,13 @@ fn path_grain(id: &str, timestamp: &str) -> ApiResult<(FlowId, Timestamp)> {
 /// header fields in `Grain-*` headers.
 pub async fn get_one(
     State(state): State<AppState>,
-    Path((id, timestamp)): Path<(String, String)>,
+    FlowRead { flow, session }: FlowRead,
+    Path((_, timestamp)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     QueryParams::parse(raw.as_deref(), &[], false)?;
-    let (flow, timestamp) = path_grain(&id, &timestamp)?;
+    let timestamp = parse_timestamp("timestamp", &timestamp)?;
     let media = negotiate(
         &headers,
         &[
@@ -402,7 +400,6 @@ pub async fn get_one(
             GrainMedia::Ndjson,
         ],
     )?;
-    let session = state.store.open_read(flow).await?;
     let grain = session
         .get(timestamp, true)
         .await?

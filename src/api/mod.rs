@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod params;
 pub mod service;
+pub mod sessions;
 pub mod sources;
 
 use std::sync::Arc;

@@ -1,0 +1,62 @@
+//! Store sessions as axum extractors. A handler that takes a [`FlowRead`] or [`FlowWrite`]
+//! gets a session on the flow of its path, opened before the handler runs: an unknown
+//! flow is a 404, a read-only flow refuses a write session with 403, and a full session
+//! pool answers 503 with `Retry-After` instead of waiting long. The session is released
+//! when the handler drops it or when the response stream that owns it ends, however it
+//! ends (finished, failed, or the client gone).
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+
+use super::params::parse_uuid;
+use super::{ApiError, AppState};
+use crate::store::{FlowId, ReadSession, WriteSession};
+
+/// A read session (a consistent snapshot) on the flow of the path.
+pub struct FlowRead {
+    /// The flow.
+    pub flow: FlowId,
+    /// The session.
+    pub session: ReadSession,
+}
+
+/// A write session on the flow of the path.
+pub struct FlowWrite {
+    /// The flow.
+    pub flow: FlowId,
+    /// The session.
+    pub session: WriteSession,
+}
+
+/// The `{id}` of the path, as a flow id.
+async fn path_flow(parts: &mut Parts) -> Result<FlowId, ApiError> {
+    let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
+    let id = params.get("id").ok_or_else(|| {
+        ApiError::internal("a flow session was asked for on a route without a flow id")
+    })?;
+    parse_uuid("flow id", id)
+}
+
+impl FromRequestParts<AppState> for FlowRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let flow = path_flow(parts).await?;
+        let session = state.store.open_read(flow).await?;
+        Ok(FlowRead { flow, session })
+    }
+}
+
+impl FromRequestParts<AppState> for FlowWrite {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let flow = path_flow(parts).await?;
+        let session = state.store.open_write(flow).await?;
+        Ok(FlowWrite { flow, session })
+    }
+}
