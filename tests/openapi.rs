@@ -1,17 +1,22 @@
 //! openapi.yaml against the server: the spec's operations are exactly the router's
 //! routes, its version is the API's, every operation documents its errors as problem
-//! documents, every `$ref` resolves, and the running server serves the file verbatim.
+//! documents, its access control and live stream limits are the ones `api::auth` and
+//! `api::live` apply, its problem types are the ones the code makes, every `$ref`
+//! resolves, and the running server serves the file verbatim.
 //!
 //! `HEAD` is implicit in the spec: every `GET` answers it (axum does), so the spec lists
 //! `get` only and [`ROUTES`] must pair every `head` with a `get` and the reverse.
 
 use std::collections::BTreeSet;
 
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use grainstore::api::ROUTES;
+use grainstore::api::auth::{Scope, required_scope};
+use grainstore::api::live::is_live_request;
 use grainstore::api::service::{API_VERSION, OPENAPI_YAML};
 use grainstore::config::{Config, Overrides};
 use grainstore::server::Server;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 /// The operation keys of an OpenAPI path item.
@@ -178,6 +183,157 @@ fn every_operation_is_complete() {
             "{name}: any request may be shed with 503"
         );
     }
+}
+
+/// The `$ref` of an operation's response for `status`, if it has one.
+fn response_ref<'a>(operation: &'a Value, status: &str) -> Option<&'a str> {
+    operation["responses"][status]["$ref"].as_str()
+}
+
+/// Whether `response` documents the header `name`, and whether it is required there.
+fn header_of(spec: &Value, response: &Value, name: &str) -> Option<bool> {
+    let response = deref(spec, response);
+    let header = deref(spec, response["headers"].get(name)?);
+    Some(header["required"] == true)
+}
+
+#[test]
+fn access_control_is_the_servers() {
+    let spec = spec();
+    assert_eq!(spec["security"], json!([{ "bearerAuth": [] }]));
+    let schemes = &spec["components"]["securitySchemes"];
+    assert_eq!(schemes["bearerAuth"]["type"], "http");
+    assert_eq!(schemes["bearerAuth"]["scheme"], "bearer");
+    assert_eq!(schemes["accessTokenQuery"]["type"], "apiKey");
+    assert_eq!(schemes["accessTokenQuery"]["in"], "query");
+    assert_eq!(schemes["accessTokenQuery"]["name"], "access_token");
+
+    let mut event_stream = HeaderMap::new();
+    event_stream.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    for (path, method, operation) in operations(&spec) {
+        let name = format!("{} {path}", method.to_uppercase());
+        let http_method: Method = method.to_uppercase().parse().expect("a method");
+        let responses = &operation["responses"];
+        let Some(scope) = required_scope(Some(&path), &http_method) else {
+            assert_eq!(operation["security"], json!([{}]), "{name} is open");
+            assert!(operation.get("x-scope").is_none(), "{name} is open");
+            for status in ["401", "403"] {
+                assert!(
+                    responses.get(status).is_none(),
+                    "{name} is open: it never answers {status}"
+                );
+            }
+            continue;
+        };
+        let scope = match scope {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Delete => "delete",
+            Scope::Admin => "admin",
+        };
+        assert_eq!(operation["x-scope"], scope, "{name}: x-scope");
+
+        // Only event streams take `access_token`.
+        let live = is_live_request(Some(&path), &http_method, &event_stream, None);
+        let security = operation.get("security").cloned().unwrap_or(Value::Null);
+        if live {
+            assert_eq!(
+                security,
+                json!([{ "bearerAuth": [] }, { "accessTokenQuery": [] }]),
+                "{name}: an event stream takes the header or access_token"
+            );
+        } else {
+            assert_eq!(
+                security,
+                Value::Null,
+                "{name}: the top-level security applies"
+            );
+        }
+
+        assert_eq!(
+            response_ref(operation, "401"),
+            Some("#/components/responses/Unauthorized"),
+            "{name}: 401"
+        );
+        assert!(
+            matches!(
+                response_ref(operation, "403"),
+                Some("#/components/responses/Forbidden")
+                    | Some("#/components/responses/ForbiddenOrReadOnly")
+            ),
+            "{name}: 403"
+        );
+        for status in ["400", "401", "403"] {
+            assert!(
+                header_of(&spec, &responses[status], "WWW-Authenticate").is_some(),
+                "{name} {status}: WWW-Authenticate is documented"
+            );
+        }
+        for status in ["401", "403"] {
+            let required = header_of(&spec, &responses[status], "WWW-Authenticate");
+            if response_ref(operation, status) != Some("#/components/responses/ForbiddenOrReadOnly")
+            {
+                assert_eq!(required, Some(true), "{name} {status}: always a challenge");
+            }
+        }
+
+        // Live stream limits, and storage faults on writes, come with Retry-After.
+        let mut retry = vec!["503"];
+        if live {
+            retry.push("429");
+        }
+        if http_method != Method::GET {
+            retry.push("507");
+        }
+        for status in retry {
+            assert!(responses.get(status).is_some(), "{name}: {status}");
+            assert_eq!(
+                header_of(&spec, &responses[status], "Retry-After"),
+                Some(true),
+                "{name} {status}: Retry-After"
+            );
+        }
+    }
+}
+
+/// The `Problem` schema's `type` enum is exactly the set of problem types in `src`.
+#[test]
+fn problem_types_are_the_codes() {
+    fn scan(dir: &std::path::Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                scan(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                const PREFIX: &str = "urn:grainstore:problem:";
+                for (at, _) in text.match_indices(PREFIX) {
+                    let rest = &text[at + PREFIX.len()..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                        .unwrap_or(rest.len());
+                    found.insert(format!("{PREFIX}{}", &rest[..end]));
+                }
+            }
+        }
+    }
+    let mut in_code = BTreeSet::new();
+    scan(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+        &mut in_code,
+    );
+    let spec = spec();
+    let documented: BTreeSet<String> =
+        spec["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+            .as_array()
+            .expect("Problem.type is an enum")
+            .iter()
+            .map(|v| v.as_str().expect("a URN").to_owned())
+            .collect();
+    assert_eq!(documented, in_code, "Problem.type against src");
 }
 
 #[test]
