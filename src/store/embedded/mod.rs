@@ -636,15 +636,13 @@ impl Store for EmbeddedStore {
     async fn open_read(&self, flow: FlowId) -> Result<ReadSession, StoreError> {
         let permit = self.pool.acquire().await?;
         let epoch = self.shared.reclaimer.enter();
-        let txn = self
-            .blocking(move |s| {
-                let txn = s.db.begin_read().map_err(engine)?;
-                if read_flow(&txn, flow.as_u128())?.is_none() {
-                    return Err(StoreError::FlowNotFound(flow));
-                }
-                Ok(txn)
-            })
-            .await?;
+        // Inline, not on the blocking pool: beginning a redb read is a few atomic
+        // operations, and the flow's record is one small B-tree look-up that the index
+        // cache nearly always holds. A trip to the blocking pool would cost more than it.
+        let txn = self.shared.db.begin_read().map_err(engine)?;
+        if read_flow(&txn, flow.as_u128())?.is_none() {
+            return Err(StoreError::FlowNotFound(flow));
+        }
         let snapshot = EmbeddedSnapshot {
             flow: flow.as_u128(),
             shared: self.shared.clone(),
