@@ -20,7 +20,9 @@ use super::params::{
 use super::sessions::{FlowRead, FlowWrite};
 use super::{ApiError, ApiResult, AppState, live};
 use crate::grain::Grain;
-use crate::store::{BatchOutcome, FlowId, GrainQuery, Order, StoreError, WriteSession};
+use crate::store::{
+    BatchOutcome, BatchResult, FlowId, GrainQuery, Order, StoreError, WriteSession,
+};
 use crate::time::{Bound, TimeRange, Timestamp};
 
 /// `GET /flows/{id}/grains`: the grains of a timerange as a GSF or NDJSON stream.
@@ -171,6 +173,7 @@ pub async fn write(
     let mut upload = Upload {
         decoder: BodyDecoder::new(format, state.config.limits.max_grain_bytes),
         staged: Vec::new(),
+        in_flight: None,
         received: 0,
         grains: 0,
         max_grains: state.config.limits.max_grains_per_request,
@@ -186,7 +189,7 @@ pub async fn write(
         let next = match chunks.next().now_or_never() {
             Some(next) => next,
             None => {
-                if session.staged() > 0 {
+                if session.staged() > 0 || upload.in_flight.is_some() {
                     upload.commit(&mut session).await?;
                 }
                 match tokio::time::timeout_at(progress_deadline, chunks.next()).await {
@@ -285,11 +288,19 @@ struct Upload {
     /// (origin timestamp, body offset) of the grains staged and not yet committed, to
     /// say where a conflicting grain was.
     staged: Vec<(Timestamp, u64)>,
+    /// The commit in flight, if any, and the (timestamp, offset) of its grains: a full
+    /// batch is made durable while the next one is received and decoded, so receiving
+    /// and syncing overlap instead of taking turns.
+    in_flight: Option<(PendingCommit, Vec<(Timestamp, u64)>)>,
     received: u64,
     grains: u64,
     /// `limits.max_grains_per_request`; 0 for no limit.
     max_grains: u64,
 }
+
+/// A commit started (as its own task, so it proceeds while the body is read) and not
+/// yet awaited.
+type PendingCommit = tokio::task::JoinHandle<Result<BatchResult, StoreError>>;
 
 impl Upload {
     async fn stage(&mut self, session: &mut WriteSession, decoded: Decoded) -> ApiResult<()> {
@@ -313,14 +324,43 @@ impl Upload {
         self.grains += 1;
         self.staged.push((timestamp, offset));
         if session.should_commit() {
-            self.commit(session).await?;
+            // At most one commit in flight: wait for the previous batch, then start
+            // this one and go back to the body.
+            self.settle(session).await?;
+            let pending: PendingCommit = tokio::spawn(session.start_commit());
+            self.in_flight = Some((pending, std::mem::take(&mut self.staged)));
         }
         Ok(())
     }
 
+    /// Waits for the commit in flight, if any.
+    async fn settle(&mut self, session: &mut WriteSession) -> ApiResult<()> {
+        let Some((pending, staged)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let joined = pending
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("commit task failed: {e}")))
+            .and_then(|result| result);
+        let result = session.finish_commit(joined);
+        Self::report(session, result, &staged)
+    }
+
+    /// Commits everything received so far and waits until it is durable.
     async fn commit(&mut self, session: &mut WriteSession) -> ApiResult<()> {
+        self.settle(session).await?;
         let result = session.commit().await;
         let staged = std::mem::take(&mut self.staged);
+        Self::report(session, result, &staged)
+    }
+
+    /// Turns a commit's result into the request's error, naming the offset of a
+    /// conflicting grain.
+    fn report(
+        session: &WriteSession,
+        result: Result<BatchOutcome, StoreError>,
+        staged: &[(Timestamp, u64)],
+    ) -> ApiResult<()> {
         match result {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict {

@@ -477,12 +477,39 @@ impl WriteSession {
     /// the grains before it are committed and the error says how many the session has
     /// committed in all.
     pub async fn commit(&mut self) -> Result<BatchOutcome, StoreError> {
-        if self.staged.is_empty() {
-            return Ok(BatchOutcome::default());
-        }
+        let pending = self.start_commit();
+        let result = pending.await;
+        self.finish_commit(result)
+    }
+
+    /// Starts committing the staged grains and returns the commit as a future that
+    /// borrows nothing, so the caller can go on decoding and staging the next grains
+    /// while the batch is made durable. Give its result to [`WriteSession::finish_commit`]
+    /// before starting another, so commits stay in order and the totals count it.
+    pub fn start_commit(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<BatchResult, StoreError>> + Send + 'static {
         let grains = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
-        let result = self.writer.commit_batch(grains).await?;
+        let writer = self.writer.clone();
+        async move {
+            if grains.is_empty() {
+                return Ok(BatchResult {
+                    outcome: BatchOutcome::default(),
+                    conflict: None,
+                });
+            }
+            writer.commit_batch(grains).await
+        }
+    }
+
+    /// Records the result of a commit started with [`WriteSession::start_commit`], as
+    /// [`WriteSession::commit`] reports it.
+    pub fn finish_commit(
+        &mut self,
+        result: Result<BatchResult, StoreError>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let result = result?;
         self.totals.absorb(result.outcome);
         match result.conflict {
             Some(timestamp) => Err(StoreError::Conflict {
