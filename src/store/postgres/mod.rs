@@ -175,7 +175,13 @@ fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, SettingE
 
 /// A PostgreSQL or pool error as a store error: the backend is unavailable.
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("postgres: {e}"))
+    // A server's error displays as a bare "db error"; its message says what failed.
+    match e.as_db_error() {
+        Some(db) => {
+            StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
+        }
+        None => StoreError::Unavailable(format!("postgres: {e}")),
+    }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {

@@ -166,15 +166,20 @@ impl PgSnapshot {
             },
             other => super::pool_error(other),
         })?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .map_err(pg_error)?;
+        // The snapshot owns the connection before the transaction begins: if this future
+        // is dropped (a client gone mid-request) once `BEGIN` is sent, its `Drop` still
+        // rolls back, so the connection never returns to the pool inside a read-only
+        // transaction where the next writer would fail.
         let snapshot = PgSnapshot {
             flow,
             shared,
             client: Some(client),
         };
+        snapshot
+            .client()?
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(pg_error)?;
         // The snapshot is taken at this first query.
         let exists = snapshot
             .client()?
