@@ -57,6 +57,9 @@ pub async fn read(
                 )));
             }
         }
+        // A live feed opens a fresh snapshot for each read: the extractor's session has
+        // done its part (the flow exists) and must not hold a place in the pool.
+        drop(session);
         return live::subscribe(state, flow, query, &headers).await;
     }
     for name in ["after", "from"] {
@@ -92,7 +95,8 @@ pub async fn read(
     // GSF always carries payloads: `payload=none` shapes the JSON forms only.
     let with_payload = with_payload || media == GrainMedia::Gsf;
     let grains: futures::stream::BoxStream<'static, Result<Grain, StoreError>> = if follow {
-        follow_stream(&state, flow, range, count, with_payload).await?
+        drop(session);
+        follow_stream(&state, flow, range, count, with_payload)?
     } else {
         let grains = session.grains(GrainQuery {
             range,
@@ -124,7 +128,7 @@ pub async fn read(
 
 /// The grains of a `follow=true` read: the stored ones of the range, then new ones as
 /// they are committed, until the range's end (if any) is passed or the flow is deleted.
-async fn follow_stream(
+fn follow_stream(
     state: &AppState,
     flow: FlowId,
     range: TimeRange,
@@ -136,8 +140,6 @@ async fn follow_stream(
             "`follow=true` needs a non-empty timerange",
         ));
     };
-    // Fails early with 404 for an unknown flow, before the body starts.
-    drop(state.store.open_read(flow).await?);
     let feed = live::LiveFeed::new(state, flow, start, end, with_payload);
     let grains = feed
         .into_stream()
