@@ -197,6 +197,9 @@ pub struct LiveConfig {
     pub max_streams: usize,
     /// Live streams open at once per credential (not applied with `auth.mode = "none"`).
     pub max_streams_per_credential: usize,
+    /// Recent grains a flow's fan-out keeps for SSE subscribers that are a little
+    /// behind; one further behind reads from the store instead.
+    pub fanout_capacity: usize,
 }
 
 /// The `[cors]` section.
@@ -399,8 +402,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 13] = [
             ("live.max_streams", self.live.max_streams as u64),
+            ("live.fanout_capacity", self.live.fanout_capacity as u64),
             (
                 "live.max_streams_per_credential",
                 self.live.max_streams_per_credential as u64,

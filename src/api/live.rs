@@ -14,16 +14,20 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Principal;
+use super::fanout::{FanoutItem, FlowFanout};
+use super::metrics::Metrics;
 use super::params::{QueryParams, parse_timestamp};
 use super::{ApiError, ApiResult, AppState};
 use crate::config::LiveConfig;
@@ -199,24 +203,39 @@ impl LiveFeed {
         flow: FlowId,
         with_payload: bool,
     ) -> Result<LiveFeed, StoreError> {
-        let mut feed = LiveFeed::new(
+        let start = newest_position(&*state.store, flow).await?;
+        Ok(LiveFeed::new(
             state,
             flow,
-            Bound::Unbounded,
+            start,
             Bound::Unbounded,
             with_payload,
-        );
-        let session = state.store.open_read(flow).await?;
-        let mut newest = session.grains(GrainQuery {
-            range: TimeRange::eternity(),
-            order: Order::Descending,
-            count: Some(1),
-            with_payload: false,
-        });
-        if let Some(grain) = newest.next().await.transpose()? {
-            feed.start = Bound::Exclusive(grain.origin_timestamp());
+        ))
+    }
+
+    /// The position: after the last grain passed on, or the requested start.
+    pub fn position(&self) -> Bound {
+        self.start
+    }
+
+    /// Moves the position past a grain passed on by other means (a fan-out).
+    fn advance(&mut self, timestamp: Timestamp) {
+        self.buffer.clear();
+        self.start = Bound::Exclusive(timestamp);
+    }
+
+    /// The next stored grain after the position, without waiting for commits: `None`
+    /// when the store has nothing newer now.
+    async fn next_stored(&mut self) -> Option<Result<Grain, StoreError>> {
+        if self.buffer.is_empty() {
+            match read_page(&*self.store, self.flow, self.start, self.with_payload).await {
+                Ok(grains) => self.buffer.extend(grains),
+                Err(e) => return Some(Err(e)),
+            }
         }
-        Ok(feed)
+        let grain = self.buffer.pop_front()?;
+        self.start = Bound::Exclusive(grain.origin_timestamp());
+        Some(Ok(grain))
     }
 
     /// The next item; waits for commits when caught up.
@@ -273,28 +292,8 @@ impl LiveFeed {
         }
     }
 
-    /// Reads the next page after the position from a fresh snapshot; the session is
-    /// released before the grains are sent.
     async fn fetch(&self) -> Result<Vec<Grain>, StoreError> {
-        let session = self.store.open_read(self.flow).await?;
-        let stream = session.grains(GrainQuery {
-            range: TimeRange::new(self.start, Bound::Unbounded),
-            order: Order::Ascending,
-            count: Some(LIVE_PAGE),
-            with_payload: self.with_payload,
-        });
-        drop(session);
-        let mut stream = std::pin::pin!(stream);
-        let mut grains = Vec::new();
-        let mut bytes = 0;
-        while bytes < LIVE_PAGE_BYTES {
-            let Some(grain) = stream.next().await.transpose()? else {
-                break;
-            };
-            bytes += grain.payload().len();
-            grains.push(grain);
-        }
-        Ok(grains)
+        read_page(&*self.store, self.flow, self.start, self.with_payload).await
     }
 
     /// The feed as a stream.
@@ -303,6 +302,50 @@ impl LiveFeed {
             feed.next().await.map(|item| (item, feed))
         })
     }
+}
+
+/// Reads the page of grains after `start` from a fresh snapshot; the session is released
+/// before the grains are passed on.
+pub(super) async fn read_page(
+    store: &dyn Store,
+    flow: FlowId,
+    start: Bound,
+    with_payload: bool,
+) -> Result<Vec<Grain>, StoreError> {
+    let session = store.open_read(flow).await?;
+    let stream = session.grains(GrainQuery {
+        range: TimeRange::new(start, Bound::Unbounded),
+        order: Order::Ascending,
+        count: Some(LIVE_PAGE),
+        with_payload,
+    });
+    drop(session);
+    let mut stream = std::pin::pin!(stream);
+    let mut grains = Vec::new();
+    let mut bytes = 0;
+    while bytes < LIVE_PAGE_BYTES {
+        let Some(grain) = stream.next().await.transpose()? else {
+            break;
+        };
+        bytes += grain.payload().len();
+        grains.push(grain);
+    }
+    Ok(grains)
+}
+
+/// The position "live from now": after the newest grain stored now.
+pub(super) async fn newest_position(store: &dyn Store, flow: FlowId) -> Result<Bound, StoreError> {
+    let session = store.open_read(flow).await?;
+    let mut newest = session.grains(GrainQuery {
+        range: TimeRange::eternity(),
+        order: Order::Descending,
+        count: Some(1),
+        with_payload: false,
+    });
+    Ok(match newest.next().await.transpose()? {
+        Some(grain) => Bound::Exclusive(grain.origin_timestamp()),
+        None => Bound::Unbounded,
+    })
 }
 
 fn past_end(timestamp: Timestamp, end: Bound) -> bool {
@@ -315,7 +358,7 @@ fn past_end(timestamp: Timestamp, end: Bound) -> bool {
 
 /// How SSE events carry payloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PayloadMode {
+pub enum PayloadMode {
     /// Inline up to the configured size, else a `data_url`.
     Inline,
     /// Always a `data_url`.
@@ -354,65 +397,252 @@ pub async fn subscribe(
     if after.is_some() && from.is_some() {
         return Err(ApiError::bad_request("give `after` or `from`, not both"));
     }
-    let with_payload = mode == PayloadMode::Inline;
-    let feed = match (last_event_id.or(after), from) {
+    let position = match (last_event_id.or(after), from) {
         (Some(after), _) => {
             // Fails early with 404 for an unknown flow, before the stream starts.
             drop(state.store.open_read(flow).await?);
-            LiveFeed::new(
-                &state,
-                flow,
-                Bound::Exclusive(after),
-                Bound::Unbounded,
-                with_payload,
-            )
+            Bound::Exclusive(after)
         }
         (None, Some(from)) => {
             drop(state.store.open_read(flow).await?);
-            LiveFeed::new(
-                &state,
-                flow,
-                Bound::Inclusive(from),
-                Bound::Unbounded,
-                with_payload,
-            )
+            Bound::Inclusive(from)
         }
-        (None, None) => LiveFeed::from_now(&state, flow, with_payload).await?,
+        (None, None) => newest_position(&*state.store, flow).await?,
     };
-    let inline_max = state.config.live.inline_max_bytes;
-    let retry = Duration::from_millis(state.config.live.retry_ms);
-    let metrics = state.metrics.clone();
-    let greeting = futures::stream::once(async move {
-        Ok::<_, Infallible>(Event::default().retry(retry).comment("subscribed"))
-    });
-    let events = feed.into_stream().map(move |item| {
-        let event = match item {
-            Ok(LiveItem::Grain(grain)) => {
-                metrics.add_grains_read(1);
-                grain_event(flow, &grain, mode, inline_max)
+    let subscription = Subscription {
+        feed: LiveFeed::new(
+            &state,
+            flow,
+            position,
+            Bound::Unbounded,
+            mode == PayloadMode::Inline,
+        ),
+        fanout: Some(state.fanouts.join(flow)),
+        receiver: None,
+        on_fanout: false,
+        mode,
+        inline_max: state.config.live.inline_max_bytes,
+        metrics: state.metrics.clone(),
+        shutdown: state.shutdown.clone(),
+        done: false,
+    };
+    let greeting = Bytes::from(format!(
+        "retry: {}\n: subscribed\n\n",
+        state.config.live.retry_ms
+    ));
+    let keepalive = Duration::from_secs(state.config.live.keepalive_secs);
+    Ok(sse_response(
+        greeting,
+        subscription.into_stream(),
+        keepalive,
+    ))
+}
+
+/// One SSE subscriber's grain generator. It catches up from the store (reading pages
+/// after its position from fresh snapshots), then takes new grains from the flow's
+/// fan-out, already encoded; if it falls behind the fan-out's ring it goes back to the
+/// store, and if the fan-out stops it waits on commit notifications and reads the store
+/// itself. Its position is always the last grain it sent.
+struct Subscription {
+    /// The store reader, which also keeps the position.
+    feed: LiveFeed,
+    /// `None` once the fan-out has stopped.
+    fanout: Option<Arc<FlowFanout>>,
+    /// Subscribed before each catch-up from the store, so that whatever the fan-out
+    /// broadcasts after that catch-up's last read is received.
+    receiver: Option<broadcast::Receiver<Arc<FanoutItem>>>,
+    /// Caught up: taking grains from the receiver.
+    on_fanout: bool,
+    mode: PayloadMode,
+    inline_max: usize,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next SSE frame; waits for commits when caught up.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if self.done {
+                return None;
             }
-            Ok(LiveItem::FlowDeleted) => Event::default()
-                .event("flow_deleted")
-                .data(json!({ "flow_id": flow }).to_string()),
-            Ok(LiveItem::ShuttingDown) => Event::default()
-                .event("shutdown")
-                .data(json!({ "detail": "the service is shutting down; reconnect with Last-Event-ID to resume" }).to_string()),
-            Err(e) => {
-                tracing::error!(flow_id = %flow, error = %e, "live feed failed");
-                Event::default()
-                    .event("error")
-                    .data(json!({ "detail": e.to_string() }).to_string())
+            if self.shutdown.is_cancelled() {
+                return self.end(shutdown_event());
             }
-        };
-        Ok::<_, Infallible>(event)
-    });
-    let keepalive =
-        KeepAlive::new().interval(Duration::from_secs(state.config.live.keepalive_secs));
-    let mut response = Sse::new(greeting.chain(events))
-        .keep_alive(keepalive)
-        .into_response();
+            if self.on_fanout {
+                match self.next_from_fanout().await {
+                    Some(frame) => return Some(frame),
+                    None => continue,
+                }
+            }
+            if let Some(fanout) = &self.fanout {
+                if self.receiver.is_none() {
+                    self.receiver = fanout.subscribe();
+                }
+                if self.receiver.is_none() {
+                    self.fanout = None;
+                    continue;
+                }
+                match self.feed.next_stored().await {
+                    Some(Ok(grain)) => return Some(self.grain(&grain)),
+                    Some(Err(e)) => return self.failed(e),
+                    None => self.on_fanout = true,
+                }
+                continue;
+            }
+            // No fan-out: the feed waits on commits and reads the store itself.
+            return match self.feed.next().await? {
+                Ok(LiveItem::Grain(grain)) => Some(self.grain(&grain)),
+                Ok(LiveItem::FlowDeleted) => self.end(flow_deleted_event(self.feed.flow)),
+                Ok(LiveItem::ShuttingDown) => self.end(shutdown_event()),
+                Err(e) => self.failed(e),
+            };
+        }
+    }
+
+    /// The next frame from the fan-out, or `None` when the subscriber must go back to
+    /// the store (it lagged, or the fan-out stopped).
+    async fn next_from_fanout(&mut self) -> Option<Bytes> {
+        let mut receiver = self.receiver.take()?;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => None,
+                received = receiver.recv() => Some(received),
+            };
+            let Some(received) = received else {
+                return self.end(shutdown_event());
+            };
+            match received {
+                Ok(item) => match &*item {
+                    FanoutItem::Grain(shared) => {
+                        // Grains the catch-up already sent, and backfill behind the
+                        // position, are skipped.
+                        if !after_position(shared.timestamp(), self.feed.position()) {
+                            continue;
+                        }
+                        self.feed.advance(shared.timestamp());
+                        self.metrics.add_grains_read(1);
+                        self.receiver = Some(receiver);
+                        return Some(shared.event(self.mode));
+                    }
+                    FanoutItem::FlowDeleted => {
+                        return self.end(flow_deleted_event(self.feed.flow));
+                    }
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => self.fanout = None,
+            }
+            self.on_fanout = false;
+            return None;
+        }
+    }
+
+    fn grain(&self, grain: &Grain) -> Bytes {
+        self.metrics.add_grains_read(1);
+        grain_event(self.feed.flow, grain, self.mode, self.inline_max)
+    }
+
+    fn failed(&mut self, error: StoreError) -> Option<Bytes> {
+        if let StoreError::FlowNotFound(_) = error {
+            return self.end(flow_deleted_event(self.feed.flow));
+        }
+        tracing::error!(flow_id = %self.feed.flow, error = %error, "live feed failed");
+        self.end(sse_frame(
+            Some("error"),
+            None,
+            &json!({ "detail": error.to_string() }).to_string(),
+        ))
+    }
+
+    fn end(&mut self, frame: Bytes) -> Option<Bytes> {
+        self.done = true;
+        Some(frame)
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Bytes> + Send + 'static {
+        futures::stream::unfold(self, |mut sub| async move {
+            sub.next().await.map(|frame| (frame, sub))
+        })
+    }
+}
+
+fn after_position(timestamp: Timestamp, position: Bound) -> bool {
+    match position {
+        Bound::Unbounded => true,
+        Bound::Inclusive(p) => timestamp >= p,
+        Bound::Exclusive(p) => timestamp > p,
+    }
+}
+
+fn shutdown_event() -> Bytes {
+    sse_frame(
+        Some("shutdown"),
+        None,
+        &json!({ "detail": "the service is shutting down; reconnect with Last-Event-ID to resume" })
+            .to_string(),
+    )
+}
+
+fn flow_deleted_event(flow: FlowId) -> Bytes {
+    sse_frame(
+        Some("flow_deleted"),
+        None,
+        &json!({ "flow_id": flow }).to_string(),
+    )
+}
+
+/// One SSE event: `event:`, `id:` and one `data:` line (`data` holds no line breaks:
+/// it is compact JSON).
+fn sse_frame(event: Option<&str>, id: Option<&str>, data: &str) -> Bytes {
+    let mut frame = Vec::with_capacity(data.len() + 64);
+    if let Some(event) = event {
+        frame.extend_from_slice(b"event: ");
+        frame.extend_from_slice(event.as_bytes());
+        frame.push(b'\n');
+    }
+    if let Some(id) = id {
+        frame.extend_from_slice(b"id: ");
+        frame.extend_from_slice(id.as_bytes());
+        frame.push(b'\n');
+    }
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(data.as_bytes());
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
+/// An SSE response from ready-made frames: the greeting first, then the events, with a
+/// keep-alive comment after `keepalive` without one.
+fn sse_response(
+    greeting: Bytes,
+    events: impl Stream<Item = Bytes> + Send + 'static,
+    keepalive: Duration,
+) -> Response {
+    let events = Box::pin(events);
+    let body = futures::stream::unfold(
+        (events, Some(greeting)),
+        move |(mut events, greeting)| async move {
+            if let Some(greeting) = greeting {
+                return Some((greeting, (events, None)));
+            }
+            // The stream keeps its own state, so dropping `next()` at the timeout
+            // loses nothing.
+            match tokio::time::timeout(keepalive, events.next()).await {
+                Ok(Some(frame)) => Some((frame, (events, None))),
+                Ok(None) => None,
+                Err(_) => Some((Bytes::from_static(b":\n\n"), (events, None))),
+            }
+        },
+    );
+    let mut response = Response::new(Body::from_stream(body.map(Ok::<_, Infallible>)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     sse_headers(response.headers_mut());
-    Ok(response)
+    response
 }
 
 fn sse_headers(headers: &mut HeaderMap) {
@@ -422,7 +652,12 @@ fn sse_headers(headers: &mut HeaderMap) {
 
 /// The SSE event of one grain: `event: grain`, `id:` its origin timestamp, `data:` its
 /// JSON form with the payload inline or as a `data_url`.
-fn grain_event(flow: FlowId, grain: &Grain, mode: PayloadMode, inline_max: usize) -> Event {
+pub(super) fn grain_event(
+    flow: FlowId,
+    grain: &Grain,
+    mode: PayloadMode,
+    inline_max: usize,
+) -> Bytes {
     let timestamp = grain.origin_timestamp();
     let inline = mode == PayloadMode::Inline && grain.payload().len() <= inline_max;
     let mut json = grain.to_json(inline);
@@ -435,10 +670,14 @@ fn grain_event(flow: FlowId, grain: &Grain, mode: PayloadMode, inline_max: usize
             );
         }
     }
-    Event::default()
-        .event("grain")
-        .id(timestamp.to_string())
-        .data(String::from_utf8_lossy(&json))
+    let id = timestamp.to_string();
+    let mut frame = Vec::with_capacity(json.len() + id.len() + 32);
+    frame.extend_from_slice(b"event: grain\nid: ");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
 
 /// `GET /events`: the service-wide event stream, filterable and resumable.

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod fanout;
 pub mod flows;
 pub mod grains;
 pub mod ingest;
@@ -47,13 +48,21 @@ pub struct AppState {
     /// Cancelled when the service begins to shut down: live streams end with a final
     /// event so their clients reconnect elsewhere and resume.
     pub shutdown: CancellationToken,
+    /// The per-flow fan-outs that read each new grain once for all SSE subscribers.
+    pub fanouts: Arc<fanout::Fanouts>,
 }
 
 impl AppState {
     /// State for a store and configuration.
     pub fn new(store: Arc<dyn Store>, config: Config) -> AppState {
+        let fanouts = Arc::new(fanout::Fanouts::new(
+            store.clone(),
+            config.live.fanout_capacity,
+            config.live.inline_max_bytes,
+        ));
         AppState {
             store,
+            fanouts,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: CancellationToken::new(),
