@@ -356,6 +356,38 @@ async fn live_stream_resumes_across_a_server_restart_without_loss_or_repeat() {
     server.stop().await;
 }
 
+impl TestServer {
+    /// Waits until the server has `n` live streams open.
+    async fn wait_live_streams(&self, n: usize) {
+        let state = self.server_state.as_ref().expect("server running");
+        let deadline = Instant::now() + PATIENCE;
+        while state.streams.open() != n {
+            assert!(
+                Instant::now() < deadline,
+                "live streams open: {}, expected {n}",
+                state.streams.open()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The value of a `grainstore_http_requests_total` series on `/metrics`.
+    async fn requests(&self, route: &str, method: &str, status: u16) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let series = format!(
+            "grainstore_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
+        );
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |n| n.parse().expect("a count"))
+    }
+}
+
 #[tokio::test]
 async fn live_stream_from_now_fetches_large_payloads_by_data_url() {
     fn small_inline(config: &mut Config) {
@@ -368,34 +400,54 @@ async fn live_stream_from_now_fetches_large_payloads_by_data_url() {
         write_all(&provider, flow, &frames(flow, source, 0..3)).await,
         3
     );
+    let single_grain = "/flows/{id}/grains/{timestamp}";
 
     let reader = provider
         .open_read(flow, ReadConfig::default().starting(ReadStart::Now))
         .await
         .expect("reader");
     assert_eq!(reader.position(), Bound::Exclusive(ts(2)));
+    // A second reader that takes what the live stream carries, without fetching.
+    let no_fetch = ReadConfig {
+        fetch_data_urls: false,
+        ..ReadConfig::default().starting(ReadStart::Now)
+    };
+    let headers_only = provider.open_read(flow, no_fetch).await.expect("reader");
     let mut grains = reader.grains();
-    let want: Vec<Grain> = (3..6).map(|n| frame(flow, source, n, 9, 4096)).collect();
-    let to_write = want.clone();
-    let writer_provider = provider.clone();
-    let writing = tokio::spawn(async move {
-        // Let the stream catch up and subscribe first, so the grains come live.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        for grain in to_write {
-            write_all(&writer_provider, flow, &[grain]).await;
-        }
-    });
-    let mut got = Vec::new();
-    while got.len() < 3 {
-        let grain = tokio::time::timeout(PATIENCE, grains.next())
-            .await
-            .expect("a grain in time")
-            .expect("the stream goes on")
-            .expect("no error");
-        got.push(grain);
+    let mut unfetched = headers_only.grains();
+    // Both have caught up and subscribed once the server has their two live streams
+    // (polling the streams drives them there); what is written next comes live.
+    tokio::select! {
+        () = server.wait_live_streams(2) => {}
+        item = grains.next() => panic!("no grain is written yet: {item:?}"),
+        item = unfetched.next() => panic!("no grain is written yet: {item:?}"),
     }
-    writing.await.expect("writer");
+    assert_eq!(server.requests(single_grain, "GET", 200).await, 0);
+    let want: Vec<Grain> = (3..6).map(|n| frame(flow, source, n, 9, 4096)).collect();
+    for grain in &want {
+        write_all(&provider, flow, std::slice::from_ref(grain)).await;
+    }
+    let mut got = Vec::new();
+    let mut got_unfetched = Vec::new();
+    while got.len() < 3 || got_unfetched.len() < 3 {
+        tokio::select! {
+            item = grains.next(), if got.len() < 3 => {
+                got.push(item.expect("the stream goes on").expect("no error"));
+            }
+            item = unfetched.next(), if got_unfetched.len() < 3 => {
+                got_unfetched.push(item.expect("the stream goes on").expect("no error"));
+            }
+            () = tokio::time::sleep(PATIENCE) => panic!("grains did not arrive in time"),
+        }
+    }
     assert_same(&got, &want);
+    // The payloads came by their data_url, one fetch each, by the fetching reader only.
+    assert_eq!(server.requests(single_grain, "GET", 200).await, 3);
+    assert_eq!(timestamps(&got_unfetched), timestamps(&want));
+    for grain in &got_unfetched {
+        assert!(grain.payload().is_empty(), "{}", grain.origin_timestamp());
+    }
+    drop(unfetched);
 
     // A deleted flow ends the stream with a typed error.
     provider.delete_flow(flow).await.expect("delete");
@@ -407,6 +459,39 @@ async fn live_stream_from_now_fetches_large_payloads_by_data_url() {
         "{last:?}"
     );
     assert!(grains.next().await.is_none());
+    provider.close().await;
+}
+
+#[tokio::test]
+async fn live_stream_of_an_empty_flow_starts_at_its_first_grain() {
+    let server = spawn(no_change).await;
+    let provider = server.provider();
+    let (flow, source) = new_flow(&provider).await;
+    let reader = provider
+        .open_read(flow, ReadConfig::default())
+        .await
+        .expect("reader");
+    assert_eq!(reader.position(), Bound::Unbounded);
+    let mut grains = reader.grains();
+    tokio::select! {
+        () = server.wait_live_streams(1) => {}
+        item = grains.next() => panic!("no grain is written yet: {item:?}"),
+    }
+    // The subscription starts at the flow's first grain (`from=earliest`), whatever
+    // its timestamp.
+    let written = frames(flow, source, 0..4);
+    write_all(&provider, flow, &[written[2].clone(), written[3].clone()]).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            tokio::time::timeout(PATIENCE, grains.next())
+                .await
+                .expect("a grain in time")
+                .expect("the stream goes on")
+                .expect("no error"),
+        );
+    }
+    assert_same(&got, &written[2..]);
     provider.close().await;
 }
 

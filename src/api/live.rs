@@ -393,7 +393,10 @@ pub async fn subscribe(
         })
         .transpose()?;
     let after = query.timestamp("after")?;
-    let from = query.timestamp("from")?;
+    let from = match query.get("from") {
+        Some("earliest") => Some(Bound::Unbounded),
+        _ => query.timestamp("from")?.map(Bound::Inclusive),
+    };
     if after.is_some() && from.is_some() {
         return Err(ApiError::bad_request("give `after` or `from`, not both"));
     }
@@ -405,7 +408,7 @@ pub async fn subscribe(
         }
         (None, Some(from)) => {
             drop(state.store.open_read(flow).await?);
-            Bound::Inclusive(from)
+            from
         }
         (None, None) => newest_position(&*state.store, flow).await?,
     };

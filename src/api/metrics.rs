@@ -76,7 +76,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges sampled now.
-    pub fn render(&self, sessions_active: usize, sessions_max: usize) -> String {
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -159,20 +159,48 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP grainstore_store_sessions_active Open store sessions, read and write."
-        );
-        let _ = writeln!(out, "# TYPE grainstore_store_sessions_active gauge");
-        let _ = writeln!(out, "grainstore_store_sessions_active {sessions_active}");
-        let _ = writeln!(
-            out,
-            "# HELP grainstore_store_sessions_max The most store sessions that may be open."
-        );
-        let _ = writeln!(out, "# TYPE grainstore_store_sessions_max gauge");
-        let _ = writeln!(out, "grainstore_store_sessions_max {sessions_max}");
+        let gauges = [
+            (
+                "grainstore_store_sessions_active",
+                "Open store sessions, read and write.",
+                gauges.sessions_active,
+            ),
+            (
+                "grainstore_store_sessions_max",
+                "The most store sessions that may be open.",
+                gauges.sessions_max,
+            ),
+            (
+                "grainstore_live_streams_open",
+                "Live streams open: SSE subscriptions, follow=true reads and /events.",
+                gauges.live_streams,
+            ),
+            (
+                "grainstore_live_fanouts",
+                "Flows with SSE subscribers, each with one fan-out reading its new grains.",
+                gauges.live_fanouts,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
+}
+
+/// The gauges of the exposition, sampled when it is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    /// Store sessions open now.
+    pub sessions_active: usize,
+    /// The session pool's capacity.
+    pub sessions_max: usize,
+    /// Live streams open now.
+    pub live_streams: usize,
+    /// Per-flow fan-outs running now.
+    pub live_fanouts: usize,
 }
 
 fn escape(label: &str) -> String {

@@ -57,7 +57,7 @@ pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
         tracing::error!(key = e.key, reason = %e.reason, "invalid [auth] configuration; every request will be refused");
         Authenticator::deny_all(&state.config.auth.realm)
     }));
-    let streams = StreamLimits::new(&state.config.live);
+    let streams = state.streams.clone();
     routes
         .layer(middleware::from_fn_with_state(state.clone(), response_deadline))
         .layer(CompressionLayer::new().compress_when(JsonOnly))

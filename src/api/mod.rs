@@ -50,6 +50,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The per-flow fan-outs that read each new grain once for all SSE subscribers.
     pub fanouts: Arc<fanout::Fanouts>,
+    /// The live streams open, bounded in total and per credential.
+    pub streams: Arc<live::StreamLimits>,
 }
 
 impl AppState {
@@ -60,9 +62,11 @@ impl AppState {
             config.live.fanout_capacity,
             config.live.inline_max_bytes,
         ));
+        let streams = live::StreamLimits::new(&config.live);
         AppState {
             store,
             fanouts,
+            streams,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: CancellationToken::new(),

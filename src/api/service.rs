@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::metrics::Gauges;
 use super::{ApiError, ApiResult, AppState};
 
 /// The version of the HTTP API this server implements (the `info.version` of openapi.yaml).
@@ -41,7 +42,12 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<serde_json:
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let sessions = state.store.sessions();
-    let body = state.metrics.render(sessions.active(), sessions.capacity());
+    let body = state.metrics.render(&Gauges {
+        sessions_active: sessions.active(),
+        sessions_max: sessions.capacity(),
+        live_streams: state.streams.open(),
+        live_fanouts: state.fanouts.running(),
+    });
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

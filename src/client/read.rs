@@ -431,9 +431,7 @@ async fn subscribe(
     let mut query = vec![("payload", payload.to_owned())];
     match position {
         Bound::Inclusive(t) => query.push(("from", t.to_string())),
-        // The API has no "from the first grain" start for subscriptions: replay from
-        // the earliest timestamp there can be.
-        Bound::Unbounded => query.push(("from", Timestamp::MIN.to_string())),
+        Bound::Unbounded => query.push(("from", "earliest".to_owned())),
         Bound::Exclusive(_) => {}
     }
     let response = conn

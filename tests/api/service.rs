@@ -41,6 +41,9 @@ async fn metrics_are_prometheus_text_with_the_session_gauge() {
         metric(&text, "grainstore_store_sessions_max"),
         Some(app.config.storage.max_sessions as u64)
     );
+    // No live stream open, so no fan-out either.
+    assert_eq!(metric(&text, "grainstore_live_streams_open"), Some(0));
+    assert_eq!(metric(&text, "grainstore_live_fanouts"), Some(0));
     assert!(
         text.contains(
             r#"grainstore_http_requests_total{route="/healthz",method="GET",status="200"} 1"#

@@ -167,15 +167,17 @@ async fn start_points() {
     let mut by_between = server
         .subscribe(flow, &format!("from={between}"), None)
         .await;
+    let mut from_earliest = server.subscribe(flow, "from=earliest", None).await;
     server.post(flow, &written[5..]).await;
 
-    let cases: [(&str, &mut Sse, u64); 6] = [
+    let cases: [(&str, &mut Sse, u64); 7] = [
         ("live from now", &mut from_now, 5),
         ("Last-Event-ID", &mut by_header, 3),
         ("after (exclusive)", &mut by_after, 3),
         ("from (inclusive)", &mut by_from, 2),
         ("Last-Event-ID over from", &mut header_over_from, 4),
         ("from between grains", &mut by_between, 3),
+        ("from the first grain", &mut from_earliest, 0),
     ];
     for (name, sse, first) in cases {
         let mut got = Vec::new();
@@ -207,6 +209,8 @@ async fn start_points() {
         (format!("{grains}?after=1:0&from=1:0"), None),
         (format!("{grains}?after=yesterday"), None),
         (format!("{grains}?from=1:0000000000"), None),
+        (format!("{grains}?from=latest"), None),
+        (format!("{grains}?after=earliest"), None),
         (grains.clone(), Some("not-a-timestamp")),
         (format!("{grains}?timerange=_"), None),
         (format!("{grains}?follow=true"), None),
