@@ -224,6 +224,8 @@ pub struct ServerConfig {
     pub response_headers_timeout_ms: u64,
     /// Time an upload body may go without completing a grain, in milliseconds.
     pub body_idle_timeout_ms: u64,
+    /// Time a response may wait on a client that reads nothing, in milliseconds.
+    pub send_stall_timeout_ms: u64,
     /// Requests served at once before shedding load.
     pub max_concurrent_requests: usize,
 }
@@ -402,7 +404,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 14] = [
+            (
+                "server.send_stall_timeout_ms",
+                self.server.send_stall_timeout_ms,
+            ),
             ("live.max_streams", self.live.max_streams as u64),
             ("live.fanout_capacity", self.live.fanout_capacity as u64),
             (

@@ -20,5 +20,6 @@ pub mod config;
 pub mod grain;
 pub mod gsf;
 pub mod server;
+mod stall;
 pub mod store;
 pub mod time;

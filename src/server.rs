@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::{AuthMode, Backend, Config};
+use crate::stall::StallTimeout;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::{Store, StoreError};
@@ -109,6 +110,7 @@ impl Server {
             .header_read_timeout(Duration::from_millis(
                 self.config.server.header_read_timeout_ms,
             ));
+        let send_stall = Duration::from_millis(self.config.server.send_stall_timeout_ms);
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -127,7 +129,8 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(app.clone());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let io = TokioIo::new(StallTimeout::new(stream, send_stall));
+            let connection = builder.serve_connection_with_upgrades(io, service);
             let connection = graceful.watch(connection.into_owned());
             tokio::spawn(async move {
                 if let Err(e) = connection.await {

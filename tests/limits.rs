@@ -1,16 +1,17 @@
 //! Limits against abuse, against the real server: grains per request, live streams in
-//! total and per credential, a slow-loris upload, a subscriber that never reads, and a
-//! client that never finishes its request head.
+//! total and per credential, a slow-loris upload, a subscriber or a reader that stops
+//! reading, and a client that never finishes its request head.
 
 mod support;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use grainstore::config::{AuthMode, Secret, TokenConfig};
 use serde_json::Value;
 use support::{App, PATIENCE, ndjson, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use uuid::Uuid;
 
 async fn post_ndjson(app: &App, flow: Uuid, body: Vec<u8>) -> reqwest::Response {
@@ -278,9 +279,89 @@ fn resident_bytes() -> u64 {
 
 /// A subscriber that never reads costs the server a bounded amount of memory however
 /// much is written: its feed reads from the store only when the connection takes more.
+async fn live_streams_open(app: &App) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("grainstore_live_streams_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("live streams gauge")
+}
+
+/// Waits until `probe` says `want`; panics after [`PATIENCE`].
+async fn eventually<F: Future<Output = u64>>(what: &str, want: u64, probe: impl Fn() -> F) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = probe().await;
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection whose receive buffer is small, so that a response it does not read
+/// fills the server's send buffer soon.
+async fn connect_small_window(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_range_read_whose_client_stops_reading_is_cut_off_and_releases_its_session() {
+    let app = spawn(|c| c.server.send_stall_timeout_ms = 2000).await;
+    let (flow, source) = app.create_flow(None).await;
+    // 24 MiB: far more than the socket buffers between the server and the client.
+    for batch in 0..8u64 {
+        let body = ndjson(flow, source, batch * 48..(batch + 1) * 48, 64 << 10);
+        assert_eq!(post_ndjson(&app, flow, body).await.status(), 201);
+    }
+    let mut stalled = connect_small_window(app.addr).await;
+    stalled
+        .write_all(
+            format!(
+                "GET /flows/{flow}/grains HTTP/1.1\r\nHost: x\r\nAccept: application/x-gsf\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    // The response holds its read session while it waits on the client...
+    assert_eq!(sessions_active(&app).await, 1);
+    // ...until the client has read nothing for the limit: then the connection ends and
+    // the session is released.
+    eventually("store sessions", 0, || sessions_active(&app)).await;
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest).await;
+    assert!(
+        rest.len() < 24 << 20,
+        "the whole body was sent ({} bytes) to a client that did not read",
+        rest.len()
+    );
+    // Everything is still there for a client that reads.
+    assert_eq!(count_grains(&app, flow).await, 8 * 48);
+}
+
 #[tokio::test]
 async fn a_subscriber_that_never_reads_does_not_grow_memory() {
-    let app = spawn(|c| c.live.inline_max_bytes = 65536).await;
+    let app = spawn(|c| {
+        c.live.inline_max_bytes = 65536;
+        // Longer than the writes below take, so memory is measured with the stream open.
+        c.server.send_stall_timeout_ms = 30_000;
+    })
+    .await;
     let (flow, source) = app.create_flow(None).await;
     let mut stalled = TcpStream::connect(app.addr).await.unwrap();
     stalled
@@ -312,7 +393,35 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
     );
     // The server goes on serving.
     assert_eq!(count_grains(&app, flow).await, 32 * 64);
+    assert_eq!(live_streams_open(&app).await, 1);
     drop(stalled);
+    eventually("live streams", 0, || live_streams_open(&app)).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_its_place_freed() {
+    let app = spawn(|c| c.server.send_stall_timeout_ms = 1000).await;
+    let (flow, source) = app.create_flow(None).await;
+    let mut stalled = connect_small_window(app.addr).await;
+    stalled
+        .write_all(
+            format!(
+                "GET /flows/{flow}/grains HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(live_streams_open(&app).await, 1);
+    // 16 MiB of events the subscriber does not read.
+    for batch in 0..8u64 {
+        let body = ndjson(flow, source, batch * 64..(batch + 1) * 64, 32 << 10);
+        assert_eq!(post_ndjson(&app, flow, body).await.status(), 201);
+    }
+    eventually("live streams", 0, || live_streams_open(&app)).await;
 }
 
 /// A client that never finishes its request head is disconnected by the header read

@@ -327,6 +327,7 @@ async fn a_subscription_outlives_the_idle_timeouts() {
     let server = spawn_server(|c| {
         c.server.response_headers_timeout_ms = 300;
         c.server.body_idle_timeout_ms = 300;
+        c.server.send_stall_timeout_ms = 300;
     })
     .await;
     let (flow, source) = server.create_flow().await;
