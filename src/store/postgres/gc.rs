@@ -19,7 +19,7 @@ use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::payloads::OBJECTS_PREFIX;
-use super::{Shared, pg_error, pool_error};
+use super::{Shared, pg_error};
 use crate::store::StoreError;
 
 /// What one garbage collection did.
@@ -56,7 +56,7 @@ const CHUNK: i64 = 500;
 
 /// One collection with objects released (or orphaned) for longer than `grace`.
 pub async fn collect(shared: &Shared, grace: Duration) -> Result<GcReport, StoreError> {
-    let client = shared.pool.get().await.map_err(pool_error)?;
+    let client = shared.connection().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&shared.gc_lock])
         .await

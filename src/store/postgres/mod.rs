@@ -188,6 +188,37 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("postgres pool: {e}"))
 }
 
+/// How long PostgreSQL may take to hand over a working connection (connect, or check an
+/// idle one) or to answer a readiness check before it counts as unavailable: a database
+/// that stopped answering without closing its connections (a frozen host, a network
+/// partition) then fails requests with 503 in bounded time instead of holding them.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// A pooled connection idle for longer than this is checked with an empty query before
+/// it is handed out, since its server may have gone away without closing it; one used
+/// just before is trusted, which spares busy connections the round trip.
+const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
+
+/// The `pre_recycle` hook that checks a connection idle for longer than
+/// [`CHECK_IDLE_AFTER`]; a connection that fails the check is discarded and the pool
+/// moves on to another one or connects anew.
+fn check_idle_connection() -> deadpool_postgres::Hook {
+    deadpool_postgres::Hook::async_fn(|client, metrics| {
+        Box::pin(async move {
+            if metrics.last_used() < CHECK_IDLE_AFTER {
+                return Ok(());
+            }
+            match tokio::time::timeout(ANSWER_WITHIN, client.simple_query("")).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(deadpool_postgres::HookError::Backend(e)),
+                Err(_) => Err(deadpool_postgres::HookError::message(
+                    "an idle connection did not answer its check",
+                )),
+            }
+        })
+    })
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -296,6 +327,30 @@ struct Shared {
     event_retention: usize,
 }
 
+impl Shared {
+    /// A pooled connection, in bounded time: waiting for a free one ends in
+    /// [`StoreError::Busy`], a database that cannot hand over a working one in
+    /// [`StoreError::Unavailable`].
+    async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let wait = self.pool.timeouts().wait.unwrap_or(Duration::ZERO);
+        let deadline = wait + ANSWER_WITHIN;
+        match tokio::time::timeout(deadline, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(deadpool_postgres::PoolError::Timeout(
+                deadpool_postgres::TimeoutType::Wait,
+            ))) => Err(StoreError::Busy {
+                capacity: self.pool.status().max_size,
+                waited: wait,
+            }),
+            Ok(Err(e)) => Err(pool_error(e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "postgres: no working connection within {} ms",
+                deadline.as_millis()
+            ))),
+        }
+    }
+}
+
 /// The PostgreSQL + object store [`Store`].
 ///
 /// Dropping it stops its listener and garbage-collector tasks.
@@ -346,7 +401,8 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(2))
             .wait_timeout(Some(config.session_wait.max(Duration::from_millis(100))))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(ANSWER_WITHIN))
+            .pre_recycle(check_idle_connection())
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
@@ -395,11 +451,13 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.shared.pool.get().await.map_err(pool_error)
+        self.shared.connection().await
     }
 
     /// Runs a read-only query function, retrying when the database is unreachable (a
-    /// failover, a restart): reads are safe to repeat.
+    /// failover, a restart): reads are safe to repeat. Only a failure that came at once
+    /// is retried: one that took its time (a database that does not answer) would only
+    /// make the request wait that long again.
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(deadpool_postgres::Object) -> Fut,
@@ -408,12 +466,15 @@ impl PostgresStore {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
+            let started = std::time::Instant::now();
             let result = match self.client().await {
                 Ok(client) => f(client).await,
                 Err(e) => Err(e),
             };
             match result {
-                Err(StoreError::Unavailable(e)) if attempt < 2 => {
+                Err(StoreError::Unavailable(e))
+                    if attempt < 2 && started.elapsed() < Duration::from_secs(1) =>
+                {
                     tracing::debug!(error = %e, attempt, "postgres read failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 4;
@@ -492,9 +553,19 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(pg_error)?;
-        drop(client);
+        let check = async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg_error)?;
+            Ok::<_, StoreError>(())
+        };
+        tokio::time::timeout(ANSWER_WITHIN, check)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "postgres: no answer to a readiness check within {} s",
+                    ANSWER_WITHIN.as_secs()
+                ))
+            })??;
         self.shared.payloads.ping().await
     }
 

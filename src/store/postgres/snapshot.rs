@@ -155,17 +155,7 @@ impl Drop for PgSnapshot {
 impl PgSnapshot {
     /// Starts the transaction; fails with `FlowNotFound` when the flow does not exist.
     pub async fn open(shared: Arc<Shared>, flow: FlowId) -> Result<PgSnapshot, StoreError> {
-        let client = shared.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Timeout(_) => StoreError::Busy {
-                capacity: shared.pool.status().max_size,
-                waited: shared
-                    .pool
-                    .timeouts()
-                    .wait
-                    .unwrap_or(std::time::Duration::ZERO),
-            },
-            other => super::pool_error(other),
-        })?;
+        let client = shared.connection().await?;
         // The snapshot owns the connection before the transaction begins: if this future
         // is dropped (a client gone mid-request) once `BEGIN` is sent, its `Drop` still
         // rolls back, so the connection never returns to the pool inside a read-only

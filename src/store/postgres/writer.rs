@@ -11,7 +11,7 @@ use deadpool_postgres::tokio_postgres::Transaction;
 
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
-use super::{PendingEvent, Shared, grain_end, pg_error, pool_error, record_events, split};
+use super::{PendingEvent, Shared, grain_end, pg_error, record_events, split};
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, BatchResult, FlowId, GrainWriter, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -64,7 +64,7 @@ impl PgWriter {
     async fn plan(&self, grains: &[Grain]) -> Result<Plan, StoreError> {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) =
             grains.iter().map(|g| split(g.origin_timestamp())).unzip();
-        let client = self.shared.pool.get().await.map_err(pool_error)?;
+        let client = self.shared.connection().await?;
         let sql = format!(
             "SELECT {} FROM grains g LEFT JOIN objects o ON o.id = g.object_id
              WHERE g.flow_id = $1
@@ -180,7 +180,7 @@ impl PgWriter {
         now: Timestamp,
         committing: &mut bool,
     ) -> Result<Option<BatchResult>, StoreError> {
-        let mut client = self.shared.pool.get().await.map_err(pool_error)?;
+        let mut client = self.shared.connection().await?;
         let txn = client.transaction().await.map_err(pg_error)?;
         // Shared lock: a concurrent flow update or delete waits for this commit.
         let row = txn
