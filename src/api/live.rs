@@ -11,7 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,7 +26,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Principal;
 use super::fanout::{FanoutItem, FlowFanout};
@@ -427,6 +430,7 @@ pub async fn subscribe(
         inline_max: state.config.live.inline_max_bytes,
         metrics: state.metrics.clone(),
         shutdown: state.shutdown.clone(),
+        stopping: Box::pin(state.shutdown.clone().cancelled_owned()),
         done: false,
     };
     let greeting = Bytes::from(format!(
@@ -460,6 +464,10 @@ struct Subscription {
     inline_max: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Completes at shutdown. Made once and kept: a fresh `cancelled()` per event would
+    /// register with the service's one shutdown token every time, a lock shared by all
+    /// subscribers.
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
 }
 
@@ -511,7 +519,7 @@ impl Subscription {
         loop {
             let received = tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => None,
+                () = self.stopping.as_mut() => None,
                 received = receiver.recv() => Some(received),
             };
             let Some(received) = received else {
@@ -623,29 +631,69 @@ fn sse_response(
     events: impl Stream<Item = Bytes> + Send + 'static,
     keepalive: Duration,
 ) -> Response {
-    let events = Box::pin(events);
-    let body = futures::stream::unfold(
-        (events, Some(greeting)),
-        move |(mut events, greeting)| async move {
-            if let Some(greeting) = greeting {
-                return Some((greeting, (events, None)));
-            }
-            // The stream keeps its own state, so dropping `next()` at the timeout
-            // loses nothing.
-            match tokio::time::timeout(keepalive, events.next()).await {
-                Ok(Some(frame)) => Some((frame, (events, None))),
-                Ok(None) => None,
-                Err(_) => Some((Bytes::from_static(b":\n\n"), (events, None))),
-            }
-        },
-    );
-    let mut response = Response::new(Body::from_stream(body.map(Ok::<_, Infallible>)));
+    let body = SseBody {
+        greeting: Some(greeting),
+        events: Box::pin(events),
+        keepalive,
+        timer: Box::pin(tokio::time::sleep(keepalive)),
+        last_sent: tokio::time::Instant::now(),
+    };
+    let mut response = Response::new(Body::new(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     sse_headers(response.headers_mut());
     response
+}
+
+/// The body of an SSE response. The keep-alive timer is not reset for every event (a
+/// timer registration per event and subscriber would cost more than the event): when
+/// it fires, it is moved to `keepalive` after the last frame sent, and a comment is
+/// sent only if that time has passed.
+struct SseBody {
+    greeting: Option<Bytes>,
+    events: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+    keepalive: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    last_sent: tokio::time::Instant,
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(greeting) = this.greeting.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(greeting))));
+        }
+        match this.events.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.last_sent = tokio::time::Instant::now();
+                return Poll::Ready(Some(Ok(http_body::Frame::data(frame))));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        loop {
+            ready!(this.timer.as_mut().poll(cx));
+            let now = tokio::time::Instant::now();
+            let due = this.last_sent + this.keepalive;
+            if due > now {
+                this.timer.as_mut().reset(due);
+                continue;
+            }
+            this.last_sent = now;
+            this.timer.as_mut().reset(now + this.keepalive);
+            return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b":\n\n",
+            )))));
+        }
+    }
 }
 
 fn sse_headers(headers: &mut HeaderMap) {

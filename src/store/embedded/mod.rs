@@ -423,6 +423,20 @@ impl Snapshot for EmbeddedSnapshot {
         with_payload: bool,
     ) -> Result<Option<Grain>, StoreError> {
         let flow = self.flow;
+        // The look-up runs here, not on the blocking pool: it is one B-tree descent in
+        // pages the index cache nearly always holds, and a payload kept in the index
+        // (small grains) is decoded with it. Only a payload in a segment file, which may
+        // be large or not in the page cache, is read on the blocking pool.
+        {
+            let table = self.txn.open_table(GRAINS).map_err(engine)?;
+            let Some(value) = table.get((flow, timestamp.to_nanos())).map_err(engine)? else {
+                return Ok(None);
+            };
+            let raw = value.value();
+            if !with_payload || record::decode(raw)?.location == Location::Inline {
+                return load_grain(&self.shared, timestamp, raw, with_payload).map(Some);
+            }
+        }
         self.blocking(move |s, txn| {
             let table = txn.open_table(GRAINS).map_err(engine)?;
             let Some(value) = table.get((flow, timestamp.to_nanos())).map_err(engine)? else {
