@@ -243,6 +243,9 @@ impl Config {
         let s = &self.storage;
         crate::store::postgres::PostgresConfig {
             url: s.postgres_url.clone(),
+            ssl_mode: s.postgres_sslmode,
+            ssl_root_cert: (!s.postgres_sslrootcert.as_os_str().is_empty())
+                .then(|| s.postgres_sslrootcert.clone()),
             schema: s.postgres_schema.clone(),
             pool_size: s.postgres_pool_size,
             objects: crate::store::postgres::ObjectStoreConfig {
@@ -309,8 +312,14 @@ pub struct StorageConfig {
     /// Free space kept on the embedded store's file system; writes are refused (507)
     /// below it.
     pub min_free_bytes: u64,
-    /// PostgreSQL connection string (postgres backend).
+    /// PostgreSQL connection string (postgres backend), without TLS settings.
     pub postgres_url: String,
+    /// TLS to PostgreSQL in libpq's `sslmode` words: `disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full` (postgres backend).
+    pub postgres_sslmode: crate::store::postgres::SslMode,
+    /// A PEM file of the CA certificates PostgreSQL's certificate must lead to; empty
+    /// for none (postgres backend).
+    pub postgres_sslrootcert: PathBuf,
     /// The schema holding grainstore's tables (postgres backend).
     pub postgres_schema: String,
     /// Connections in each replica's pool (postgres backend).
@@ -525,6 +534,8 @@ impl Config {
             key: match e.setting {
                 "url" => "storage.postgres_url",
                 "schema" => "storage.postgres_schema",
+                "sslmode" => "storage.postgres_sslmode",
+                "sslrootcert" => "storage.postgres_sslrootcert",
                 _ => "storage.object_store_url",
             },
             reason: e.reason,
@@ -669,6 +680,70 @@ mod tests {
         .unwrap();
         assert_eq!(config.storage.backend, Backend::Postgres);
         assert_eq!(config.postgres().objects.url, "s3://bucket/prefix");
+    }
+
+    #[test]
+    fn postgres_tls_settings_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let load = |pairs: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("GRAINSTORE__STORAGE__BACKEND", "postgres"),
+                ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://"),
+                ("GRAINSTORE__STORAGE__MAX_SESSIONS", "16"),
+            ];
+            if !pairs.iter().any(|(k, _)| k.ends_with("POSTGRES_URL")) {
+                vars.push((
+                    "GRAINSTORE__STORAGE__POSTGRES_URL",
+                    "postgres://u@127.0.0.1/db",
+                ));
+            }
+            vars.extend_from_slice(pairs);
+            Config::load_from(None, env(&vars), &Overrides::default())
+        };
+        let refused = |pairs: &[(&str, &str)], key: &str| {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        };
+        let mode = "GRAINSTORE__STORAGE__POSTGRES_SSLMODE";
+        let ca = "GRAINSTORE__STORAGE__POSTGRES_SSLROOTCERT";
+        let url = "GRAINSTORE__STORAGE__POSTGRES_URL";
+        refused(&[(mode, "verify-everything")], "storage.postgres_sslmode");
+        refused(&[(mode, "verify-full")], "storage.postgres_sslrootcert");
+        refused(&[(mode, "verify-ca")], "storage.postgres_sslrootcert");
+        refused(
+            &[(mode, "verify-full"), (ca, missing.to_str().unwrap())],
+            "storage.postgres_sslrootcert",
+        );
+        refused(
+            &[(mode, "verify-full"), (ca, not_pem.to_str().unwrap())],
+            "storage.postgres_sslrootcert",
+        );
+        refused(
+            &[(mode, "disable"), (ca, not_pem.to_str().unwrap())],
+            "storage.postgres_sslrootcert",
+        );
+        refused(
+            &[(url, "postgres://u@127.0.0.1/db?sslmode=require")],
+            "storage.postgres_url",
+        );
+        refused(
+            &[(url, "host=127.0.0.1 user=u sslrootcert=/ca.pem")],
+            "storage.postgres_url",
+        );
+        let config = load(&[]).unwrap();
+        assert_eq!(
+            config.postgres().ssl_mode,
+            crate::store::postgres::SslMode::Prefer
+        );
+        let config = load(&[(mode, "require")]).unwrap();
+        assert_eq!(
+            config.postgres().ssl_mode,
+            crate::store::postgres::SslMode::Require
+        );
+        assert_eq!(config.postgres().ssl_root_cert, None);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The postgres backend against a PostgreSQL instance of the test's own ([`instance`]),
-//! which a test may kill, freeze and restart: the service through a database outage
-//! and its recovery ([`outage`]).
+//! which a test may kill, freeze and restart or give a TLS certificate: the service
+//! through a database outage and its recovery ([`outage`]), TLS in each `sslmode`
+//! ([`tls`]).
 //!
 //! The tests need the PostgreSQL server binaries (see [`instance::find_bindir`]) and an
 //! S3-compatible server: `GRAINSTORE_TEST_S3_ENDPOINT`, `GRAINSTORE_TEST_S3_BUCKET`,
 //! `GRAINSTORE_TEST_S3_ACCESS_KEY` and `GRAINSTORE_TEST_S3_SECRET_KEY` (`.ci/run` sets
-//! them). Without either, each test says why and passes without running.
+//! them; the TLS tests keep payloads in memory and need `openssl` instead). Without
+//! them, each test says why and passes without running.
 
 mod instance;
 mod outage;
+mod tls;
 
 #[path = "../live/helpers.rs"]
 #[allow(dead_code)]

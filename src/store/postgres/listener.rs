@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::tokio_postgres::{AsyncMessage, Client, NoTls};
+use deadpool_postgres::tokio_postgres::{AsyncMessage, Client};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -133,7 +133,11 @@ async fn session(
     ready: &mut Option<oneshot::Sender<()>>,
     connected: &mut bool,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = shared.pg.connect(NoTls).await.map_err(pg_error)?;
+    let (client, mut connection) = shared
+        .pg
+        .connect(shared.tls.clone())
+        .await
+        .map_err(pg_error)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Drives the connection and hands notifications over; ends with it.
     let driver = tokio::spawn(async move {

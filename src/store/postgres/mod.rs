@@ -42,13 +42,14 @@ mod listener;
 mod payloads;
 mod schema;
 mod snapshot;
+mod tls;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::tokio_postgres::{self, NoTls};
+use deadpool_postgres::tokio_postgres;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -62,12 +63,18 @@ use crate::time::{Bound, TimeRange, Timestamp};
 
 pub use gc::GcReport;
 pub use payloads::{ObjectStoreConfig, UrlError};
+pub use tls::SslMode;
 
 /// Settings of the PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
-    /// A libpq-style URL or key/value string, e.g. `postgres://user@host/db`.
+    /// A libpq-style URL or key/value string, e.g. `postgres://user@host/db`; TLS is
+    /// set by `ssl_mode` and `ssl_root_cert`, not in it.
     pub url: String,
+    /// TLS to the server, in libpq's `sslmode` words.
+    pub ssl_mode: SslMode,
+    /// A PEM file of the CA certificates the server's certificate must lead to.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
     /// The schema holding the tables (created if absent).
     pub schema: String,
     /// Connections in the pool (read sessions hold one each while open).
@@ -94,6 +101,8 @@ impl PostgresConfig {
     pub fn new(url: impl Into<String>, object_store_url: impl Into<String>) -> PostgresConfig {
         PostgresConfig {
             url: url.into(),
+            ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
             schema: "public".into(),
             pool_size: 32,
             objects: ObjectStoreConfig {
@@ -114,7 +123,7 @@ impl PostgresConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {reason}")]
 pub struct SettingError {
-    /// Which setting (`url`, `schema`, `object_store_url`).
+    /// Which setting (`url`, `schema`, `object_store_url`, `sslmode`, `sslrootcert`).
     pub setting: &'static str,
     /// What is wrong with it.
     pub reason: String,
@@ -123,6 +132,7 @@ pub struct SettingError {
 /// Checks the settings that can be checked without connecting.
 pub fn check_settings(config: &PostgresConfig) -> Result<(), SettingError> {
     pg_config(config)?;
+    tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
     payloads::open(&config.objects).map_err(|e| SettingError {
         setting: "object_store_url",
         reason: e.0,
@@ -146,6 +156,18 @@ fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, SettingE
             reason: "required for the postgres backend".into(),
         });
     }
+    // One place for TLS settings, and libpq's verify modes, which tokio-postgres does
+    // not parse.
+    for key in ["sslmode", "sslrootcert"] {
+        if tls::url_sets(&config.url, key) {
+            return Err(SettingError {
+                setting: "url",
+                reason: format!(
+                    "sets {key}: give it as the setting postgres_{key} instead, not in the URL"
+                ),
+            });
+        }
+    }
     let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| SettingError {
         setting: "url",
         reason: format!("not a PostgreSQL connection string: {e}"),
@@ -168,6 +190,7 @@ fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, SettingE
     if pg.get_application_name().is_none() {
         pg.application_name("grainstore");
     }
+    pg.ssl_mode(config.ssl_mode.negotiation());
     pg.connect_timeout(Duration::from_secs(5));
     pg.keepalives_idle(Duration::from_secs(30));
     Ok(pg)
@@ -180,8 +203,42 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
         Some(db) => {
             StoreError::Unavailable(format!("postgres: {} ({})", db.message(), db.code().code()))
         }
-        None => StoreError::Unavailable(format!("postgres: {e}")),
+        None => StoreError::Unavailable(format!("postgres: {}", with_causes(&e))),
     }
+}
+
+/// An error's text followed by its causes': tokio-postgres shows only its own kind
+/// ("error performing TLS handshake"), the reason is in its source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The first connection's failure; a failed TLS handshake names the settings behind it,
+/// since a wrong CA file or mode is the likely cause.
+fn connect_error(config: &PostgresConfig, e: tokio_postgres::Error) -> StoreError {
+    let text = with_causes(&e);
+    if config.ssl_mode == SslMode::Disable || !text.contains("TLS") {
+        return pg_error(e);
+    }
+    let ca = config
+        .ssl_root_cert
+        .as_ref()
+        .map(|path| format!(" and storage.postgres_sslrootcert = {}", path.display()))
+        .unwrap_or_default();
+    StoreError::Unavailable(format!(
+        "postgres: TLS with the server failed under storage.postgres_sslmode = \"{}\"{ca}: {text}",
+        config.ssl_mode
+    ))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -310,6 +367,8 @@ struct Shared {
     pool: Pool,
     /// Connection settings, for the listener's own connection.
     pg: tokio_postgres::Config,
+    /// TLS for every connection (unused with `sslmode = disable`).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     payloads: payloads::Payloads,
     notifier: Notifier,
     events: EventLog,
@@ -373,6 +432,8 @@ impl PostgresStore {
     pub async fn open(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
         let refused = |e: SettingError| StoreError::Unavailable(format!("storage settings: {e}"));
         let pg = pg_config(&config).map_err(refused)?;
+        let tls =
+            tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref()).map_err(refused)?;
         let object_store = payloads::open(&config.objects).map_err(|e| {
             refused(SettingError {
                 setting: "object_store_url",
@@ -383,7 +444,10 @@ impl PostgresStore {
         payloads.ping().await?;
 
         let epoch = {
-            let (mut client, connection) = pg.connect(NoTls).await.map_err(pg_error)?;
+            let (mut client, connection) = pg
+                .connect(tls.clone())
+                .await
+                .map_err(|e| connect_error(&config, e))?;
             let task = tokio::spawn(connection);
             let epoch = schema::migrate(&mut client, &config.schema).await;
             drop(client);
@@ -393,7 +457,7 @@ impl PostgresStore {
 
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -412,6 +476,7 @@ impl PostgresStore {
         let shared = Arc::new(Shared {
             pool,
             pg,
+            tls,
             payloads,
             notifier: Notifier::default(),
             events: EventLog::with_epoch(config.event_retention, epoch),
