@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::http::Method;
+
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -19,13 +21,19 @@ struct Histogram {
     sum: f64,
 }
 
+/// One route's requests: (method, status) → count, and method → latency.
+#[derive(Default)]
+struct RouteStats {
+    requests: BTreeMap<(&'static str, u16), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
+
 /// The service's counters.
 #[derive(Default)]
 pub struct Metrics {
-    /// (route, method, status) → count. A std mutex: held for one map update.
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    /// (route, method) → latency to response headers.
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    /// Route → its requests. Keyed by route, looked up by `&str`, so recording a request
+    /// allocates nothing once its route has been seen. A std mutex: held for one update.
+    routes: Mutex<BTreeMap<String, RouteStats>>,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
     grains_written: AtomicU64,
@@ -34,18 +42,16 @@ pub struct Metrics {
 
 impl Metrics {
     /// Records one request's outcome and its time to response headers.
-    pub fn record_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        {
-            let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            *requests
-                .entry((route.to_owned(), method.to_owned(), status))
-                .or_default() += 1;
-        }
+    pub fn record_request(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         let seconds = elapsed.as_secs_f64();
-        let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let h = latency
-            .entry((route.to_owned(), method.to_owned()))
-            .or_default();
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = match routes.get_mut(route) {
+            Some(stats) => stats,
+            None => routes.entry(route.to_owned()).or_default(),
+        };
+        *stats.requests.entry((method, status)).or_default() += 1;
+        let h = stats.latency.entry(method).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if seconds <= *bound {
                 h.counts[i] += 1;
@@ -83,17 +89,15 @@ impl Metrics {
             "# HELP grainstore_http_requests_total HTTP requests by route, method and status."
         );
         let _ = writeln!(out, "# TYPE grainstore_http_requests_total counter");
-        for ((route, method, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "grainstore_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for (route, stats) in routes.iter() {
+            for ((method, status), n) in &stats.requests {
+                let _ = writeln!(
+                    out,
+                    "grainstore_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -103,11 +107,9 @@ impl Metrics {
             out,
             "# TYPE grainstore_http_request_duration_seconds histogram"
         );
-        for ((route, method), h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        for (route, method, h) in routes
             .iter()
+            .flat_map(|(route, s)| s.latency.iter().map(move |(m, h)| (route, m, h)))
         {
             let labels = format!("route=\"{}\",method=\"{method}\"", escape(route));
             for (bound, count) in BUCKETS.iter().zip(h.counts) {
@@ -201,6 +203,22 @@ pub struct Gauges {
     pub live_streams: usize,
     /// Per-flow fan-outs running now.
     pub live_fanouts: usize,
+}
+
+/// The method as a label; methods other than the standard ones are counted together.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 fn escape(label: &str) -> String {

@@ -36,9 +36,13 @@ use crate::config::Config;
 use crate::store::Store;
 use metrics::Metrics;
 
-/// What every handler shares.
+/// What every handler shares: cloned for every request by each extractor and layer
+/// that takes it, so it is one `Arc` (one reference count to touch, not one per field).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`], reached through it by `Deref`.
+pub struct Shared {
     /// The grain store.
     pub store: Arc<dyn Store>,
     /// The configuration the service started with.
@@ -63,14 +67,22 @@ impl AppState {
             config.live.inline_max_bytes,
         ));
         let streams = live::StreamLimits::new(&config.live);
-        AppState {
+        AppState(Arc::new(Shared {
             store,
             fanouts,
             streams,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: CancellationToken::new(),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 

@@ -662,9 +662,12 @@ impl Store for EmbeddedStore {
         // operations, and the flow's record is one small B-tree look-up that the index
         // cache nearly always holds. A trip to the blocking pool would cost more than it.
         let txn = self.shared.db.begin_read().map_err(engine)?;
-        if read_flow(&txn, flow.as_u128())?.is_none() {
+        // Whether the flow exists, without decoding its resource.
+        let flows = txn.open_table(FLOWS).map_err(engine)?;
+        if flows.get(flow.as_u128()).map_err(engine)?.is_none() {
             return Err(StoreError::FlowNotFound(flow));
         }
+        drop(flows);
         let snapshot = EmbeddedSnapshot {
             flow: flow.as_u128(),
             shared: self.shared.clone(),
