@@ -506,12 +506,6 @@ impl Config {
     /// The postgres backend's keys: present, well-formed and consistent.
     fn validate_postgres(&self) -> Result<(), ConfigError> {
         let s = &self.storage;
-        if s.postgres_pool_size < 2 {
-            return Err(ConfigError::Value {
-                key: "storage.postgres_pool_size",
-                reason: "must be at least 2".into(),
-            });
-        }
         if s.gc_grace_secs < 60 {
             return Err(ConfigError::Value {
                 key: "storage.gc_grace_secs",
@@ -530,17 +524,43 @@ impl Config {
                 reason: format!("must be true for the http:// endpoint {:?}", s.s3_endpoint),
             });
         }
-        crate::store::postgres::check_settings(&self.postgres()).map_err(|e| ConfigError::Value {
-            key: match e.setting {
-                "url" => "storage.postgres_url",
-                "schema" => "storage.postgres_schema",
-                "sslmode" => "storage.postgres_sslmode",
-                "sslrootcert" => "storage.postgres_sslrootcert",
-                _ => "storage.object_store_url",
-            },
-            reason: e.reason,
-        })
+        crate::store::postgres::check_settings(&self.postgres()).map_err(|e| {
+            ConfigError::Value {
+                key: match e.setting {
+                    "url" => "storage.postgres_url",
+                    "schema" => "storage.postgres_schema",
+                    "sslmode" => "storage.postgres_sslmode",
+                    "sslrootcert" => "storage.postgres_sslrootcert",
+                    _ => "storage.object_store_url",
+                },
+                reason: e.reason,
+            }
+        })?;
+        check_pool_size(s.max_sessions, s.postgres_pool_size)
     }
+}
+
+/// Refuses a postgres pool too small for the session limit: sessions could then hold
+/// every connection and starve the work outside them (see
+/// [`CONNECTIONS_BEYOND_SESSIONS`](crate::store::postgres::CONNECTIONS_BEYOND_SESSIONS)).
+/// Refused, not clamped: both numbers size the database's `max_connections` and the
+/// replica's capacity, so the operator chooses which one gives.
+pub fn check_pool_size(max_sessions: usize, pool_size: usize) -> Result<(), ConfigError> {
+    let beyond = crate::store::postgres::CONNECTIONS_BEYOND_SESSIONS;
+    if max_sessions + beyond <= pool_size {
+        return Ok(());
+    }
+    Err(ConfigError::Value {
+        key: "storage.max_sessions",
+        reason: format!(
+            "{max_sessions} sessions do not fit storage.postgres_pool_size = {pool_size}: an \
+             open read session holds a pooled connection, and {beyond} more are kept for the \
+             work outside sessions (flow lookups, readiness checks, garbage collection); set \
+             storage.max_sessions to at most {} or storage.postgres_pool_size to at least {}",
+            pool_size.saturating_sub(beyond),
+            max_sessions + beyond
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -676,10 +696,61 @@ mod tests {
             ("GRAINSTORE__STORAGE__S3_ALLOW_HTTP", "true"),
             ("GRAINSTORE__STORAGE__S3_ACCESS_KEY_ID", "k"),
             ("GRAINSTORE__STORAGE__S3_SECRET_ACCESS_KEY", "s"),
+            ("GRAINSTORE__STORAGE__MAX_SESSIONS", "24"),
         ])
         .unwrap();
         assert_eq!(config.storage.backend, Backend::Postgres);
         assert_eq!(config.postgres().objects.url, "s3://bucket/prefix");
+    }
+
+    #[test]
+    fn a_postgres_pool_must_outnumber_the_sessions() {
+        assert!(check_pool_size(30, 32).is_ok());
+        assert!(check_pool_size(1, 3).is_ok());
+        for (sessions, pool) in [(31, 32), (32, 32), (1024, 32), (1, 2)] {
+            let err = check_pool_size(sessions, pool).unwrap_err().to_string();
+            assert!(
+                err.contains("storage.max_sessions") && err.contains("storage.postgres_pool_size"),
+                "{err}"
+            );
+        }
+        let err = check_pool_size(1024, 32).unwrap_err().to_string();
+        assert!(
+            err.contains("at most 30") && err.contains("at least 1026"),
+            "{err}"
+        );
+
+        // At load: the embedded backend's default session limit does not fit the default
+        // pool, so the postgres backend needs one chosen; the embedded backend ignores
+        // the pool.
+        let load = |pairs: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("GRAINSTORE__STORAGE__BACKEND", "postgres"),
+                ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://"),
+                (
+                    "GRAINSTORE__STORAGE__POSTGRES_URL",
+                    "postgres://u@127.0.0.1/db",
+                ),
+            ];
+            vars.extend_from_slice(pairs);
+            Config::load_from(None, env(&vars), &Overrides::default())
+        };
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("storage.max_sessions"), "{err}");
+        assert!(err.contains("storage.postgres_pool_size"), "{err}");
+        let sessions = |n: &'static str| ("GRAINSTORE__STORAGE__MAX_SESSIONS", n);
+        let pool = |n: &'static str| ("GRAINSTORE__STORAGE__POSTGRES_POOL_SIZE", n);
+        assert!(load(&[sessions("31")]).is_err());
+        let config = load(&[sessions("30")]).unwrap();
+        assert_eq!(config.postgres().max_sessions, 30);
+        assert!(load(&[sessions("100"), pool("101")]).is_err());
+        assert!(load(&[sessions("100"), pool("102")]).is_ok());
+        let embedded = Config::load_from(
+            None,
+            env(&[("GRAINSTORE__STORAGE__POSTGRES_POOL_SIZE", "2")]),
+            &Overrides::default(),
+        );
+        assert!(embedded.is_ok());
     }
 
     #[test]

@@ -54,14 +54,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and binds the listen address.
+    /// Opens the store and binds the listen address. The data directory is made for the
+    /// embedded backend only: the postgres backend stores nothing locally.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.storage.data_dir).map_err(|source| {
-            ServerError::DataDir {
-                path: config.storage.data_dir.clone(),
-                source,
-            }
-        })?;
+        if config.storage.backend == Backend::Embedded {
+            std::fs::create_dir_all(&config.storage.data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: config.storage.data_dir.clone(),
+                    source,
+                }
+            })?;
+        }
         let store = open_store(&config).await?;
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)

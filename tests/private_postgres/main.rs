@@ -1,7 +1,7 @@
 //! The postgres backend against a PostgreSQL instance of the test's own ([`instance`]),
 //! which a test may kill, freeze and restart or give a TLS certificate: the service
 //! through a database outage and its recovery ([`outage`]), TLS in each `sslmode`
-//! ([`tls`]).
+//! ([`tls`]), and no local data directory for this backend ([`data_dir`]).
 //!
 //! The tests need the PostgreSQL server binaries (see [`instance::find_bindir`]) and an
 //! S3-compatible server: `GRAINSTORE_TEST_S3_ENDPOINT`, `GRAINSTORE_TEST_S3_BUCKET`,
@@ -9,6 +9,7 @@
 //! them; the TLS tests keep payloads in memory and need `openssl` instead). Without
 //! them, each test says why and passes without running.
 
+mod data_dir;
 mod instance;
 mod outage;
 mod tls;
@@ -80,6 +81,7 @@ impl Machine {
         s.s3_region = "us-east-1".into();
         s.s3_access_key_id = self.s3_access_key.clone();
         s.s3_secret_access_key = self.s3_secret_key.clone();
+        s.max_sessions = s.postgres_pool_size - 2;
         config.server.shutdown_deadline_ms = 5000;
     }
 

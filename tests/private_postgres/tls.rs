@@ -133,6 +133,7 @@ fn config(data: &Path, url: &str, mode: SslMode, ca: Option<&Path>) -> Config {
     s.object_store_url = "memory://".into();
     s.postgres_sslmode = mode;
     s.postgres_sslrootcert = ca.map(Path::to_path_buf).unwrap_or_default();
+    s.max_sessions = s.postgres_pool_size - 2;
     config
 }
 

@@ -91,6 +91,7 @@ pub async fn replicas() -> Replicas {
             s.s3_region = "us-east-1".into();
             s.s3_access_key_id = access_key;
             s.s3_secret_access_key = secret_key;
+            s.max_sessions = s.postgres_pool_size - 2;
             config.server.shutdown_deadline_ms = 5000;
         })
     };

@@ -119,6 +119,14 @@ impl PostgresConfig {
     }
 }
 
+/// Connections a pool must hold beyond `max_sessions`. An open read session holds a
+/// pooled connection for its life, so sessions alone could take every connection; the
+/// work outside them (flow lookups and updates, listings, readiness checks, the garbage
+/// collector, a request's lookups while it holds a session) must still get one, or it
+/// waits for a session to end and fails with 503: one for that work, one for the
+/// collector, which holds its connection for a whole round.
+pub const CONNECTIONS_BEYOND_SESSIONS: usize = 2;
+
 /// Why the PostgreSQL store's settings are refused, naming the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {reason}")]
@@ -431,6 +439,15 @@ impl PostgresStore {
     /// collector. Fails when PostgreSQL or the object store cannot be reached.
     pub async fn open(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
         let refused = |e: SettingError| StoreError::Unavailable(format!("storage settings: {e}"));
+        if config.pool_size < config.max_sessions + CONNECTIONS_BEYOND_SESSIONS {
+            return Err(refused(SettingError {
+                setting: "pool_size",
+                reason: format!(
+                    "must be at least max_sessions + {CONNECTIONS_BEYOND_SESSIONS} ({})",
+                    config.max_sessions + CONNECTIONS_BEYOND_SESSIONS
+                ),
+            }));
+        }
         let pg = pg_config(&config).map_err(refused)?;
         let tls =
             tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref()).map_err(refused)?;
@@ -463,7 +480,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
+            .max_size(config.pool_size)
             .wait_timeout(Some(config.session_wait.max(Duration::from_millis(100))))
             .create_timeout(Some(ANSWER_WITHIN))
             .pre_recycle(check_idle_connection())
