@@ -200,6 +200,9 @@ pub struct LiveConfig {
     /// Recent grains a flow's fan-out keeps for SSE subscribers that are a little
     /// behind; one further behind reads from the store instead.
     pub fanout_capacity: usize,
+    /// A subscriber that fell behind the fan-out's ring and has not caught up for this
+    /// many seconds is closed (it resumes by `Last-Event-ID`); 0: never.
+    pub max_lag_secs: u64,
 }
 
 /// The `[cors]` section.

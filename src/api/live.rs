@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -431,6 +431,9 @@ pub async fn subscribe(
         metrics: state.metrics.clone(),
         shutdown: state.shutdown.clone(),
         stopping: Box::pin(state.shutdown.clone().cancelled_owned()),
+        behind_since: None,
+        max_lag: (state.config.live.max_lag_secs > 0)
+            .then(|| Duration::from_secs(state.config.live.max_lag_secs)),
         done: false,
     };
     let greeting = Bytes::from(format!(
@@ -468,6 +471,10 @@ struct Subscription {
     /// register with the service's one shutdown token every time, a lock shared by all
     /// subscribers.
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the subscriber fell behind the fan-out's ring, until it catches up again.
+    behind_since: Option<Instant>,
+    /// `live.max_lag_secs`; `None` when subscribers are never closed for lagging.
+    max_lag: Option<Duration>,
     done: bool,
 }
 
@@ -496,9 +503,17 @@ impl Subscription {
                     continue;
                 }
                 match self.feed.next_stored().await {
-                    Some(Ok(grain)) => return Some(self.grain(&grain)),
+                    Some(Ok(grain)) => {
+                        if let Some(lagging) = self.lagging_too_long() {
+                            return self.end(lagging);
+                        }
+                        return Some(self.grain(&grain));
+                    }
                     Some(Err(e)) => return self.failed(e),
-                    None => self.on_fanout = true,
+                    None => {
+                        self.on_fanout = true;
+                        self.behind_since = None;
+                    }
                 }
                 continue;
             }
@@ -542,12 +557,29 @@ impl Subscription {
                         return self.end(flow_deleted_event(self.feed.flow));
                     }
                 },
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.behind_since = Some(Instant::now());
+                }
                 Err(broadcast::error::RecvError::Closed) => self.fanout = None,
             }
             self.on_fanout = false;
             return None;
         }
+    }
+
+    /// The final comment for a subscriber that fell behind the fan-out's ring and has
+    /// not caught up within `live.max_lag_secs`; `None` while it may go on.
+    fn lagging_too_long(&self) -> Option<Bytes> {
+        let since = self.behind_since?;
+        let limit = self.max_lag?;
+        if since.elapsed() <= limit {
+            return None;
+        }
+        tracing::info!(flow_id = %self.feed.flow, lag_secs = limit.as_secs(), "closing a live subscriber that stays behind");
+        Some(Bytes::from(format!(
+            ": closed: this subscriber has been behind the live edge for more than {} s (limit `live.max_lag_secs`); reconnect with Last-Event-ID to resume\n\n",
+            limit.as_secs()
+        )))
     }
 
     fn grain(&self, grain: &Grain) -> Bytes {

@@ -157,3 +157,56 @@ async fn a_fanout_restarts_for_a_flow_subscribed_again() {
         wait_running(&server, 0).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stays_behind_is_closed_and_resumes_exactly() {
+    let server = Arc::new(
+        spawn_server(|c| {
+            c.live.fanout_capacity = 2;
+            c.live.max_lag_secs = 1;
+        })
+        .await,
+    );
+    let (flow, source) = server.create_flow().await;
+    let mut slow = server.subscribe(flow, "", None).await;
+    // 2,400 events of ~11 KB: far more than the socket buffers hold, written faster
+    // than the subscriber below reads them.
+    const GRAINS: u64 = 2400;
+    let written = frames(flow, source, 0..GRAINS, 8 << 10);
+    let writer = {
+        let server = server.clone();
+        let written = written.clone();
+        tokio::spawn(async move {
+            for batch in written.chunks(40) {
+                server.post(flow, batch).await;
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while let Some(event) = slow
+        .next_within(PATIENCE)
+        .await
+        .expect("an event or the end in time")
+    {
+        assert_eq!(event.event, "grain");
+        got.push(event.id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await.expect("writer");
+    assert!(
+        got.len() < GRAINS as usize,
+        "the slow subscriber was never closed ({} events)",
+        got.len()
+    );
+    // Resuming from the last event received gets the rest, once each, in order.
+    let last = got.last().expect("some events before the close").clone();
+    let mut resumed = server.subscribe(flow, "", Some(&last)).await;
+    while got.len() < GRAINS as usize {
+        got.push(resumed.next_grain().await.0);
+    }
+    let want: Vec<String> = written
+        .iter()
+        .map(|g| g.origin_timestamp().to_string())
+        .collect();
+    assert_eq!(got, want);
+}
