@@ -166,22 +166,15 @@ impl PrivatePostgres {
     /// frozen, connections stay open and new ones are accepted by the kernel, but
     /// nothing answers, as with a database host that went away without a word.
     pub fn signal_all(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
-            .expect("postmaster.pid")
-            .lines()
-            .next()
-            .expect("the postmaster's pid")
-            .trim()
-            .to_owned();
-        let children = Command::new("pgrep")
-            .args(["-P", &pid])
-            .output()
-            .expect("pgrep");
-        let children = String::from_utf8_lossy(&children.stdout).into_owned();
-        let mut command = Command::new("kill");
-        command.arg(format!("-{signal}")).arg(&pid);
-        command.args(children.split_whitespace());
-        run(&mut command);
+        let pid = self.postmaster_pid().expect("the server is running");
+        // The postmaster first, so that it starts no process in between.
+        run(Command::new("kill").arg(format!("-{signal}")).arg(&pid));
+        signal_children(&pid, signal);
+    }
+
+    fn postmaster_pid(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        Some(text.lines().next()?.trim().to_owned())
     }
 
     /// The server's log so far.
@@ -220,8 +213,9 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         // Whatever state the test left it in: a frozen server is thawed so that it can
         // stop, and stopping a stopped server fails harmlessly.
-        if self.data().join("postmaster.pid").exists() {
-            let _ = std::panic::catch_unwind(|| self.signal_all("CONT"));
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = Command::new("kill").args(["-CONT", &pid]).output();
+            signal_children(&pid, "CONT");
         }
         let mut command = match self.run_as {
             Some(user) => {
@@ -238,6 +232,21 @@ impl Drop for PrivatePostgres {
             .current_dir(self.dir.path())
             .output();
     }
+}
+
+/// Sends `signal` to the children of `pid`; one that exits meanwhile is no failure.
+fn signal_children(pid: &str, signal: &str) {
+    let Ok(children) = Command::new("pgrep").args(["-P", pid]).output() else {
+        return;
+    };
+    let children = String::from_utf8_lossy(&children.stdout).into_owned();
+    if children.trim().is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(children.split_whitespace())
+        .output();
 }
 
 fn is_root() -> bool {
