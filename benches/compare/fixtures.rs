@@ -146,7 +146,8 @@ impl Grainstore {
             .arg(dir.join("grainstore-data"))
             // Room for every subscriber of the idle-subscriber workload.
             .env("GRAINSTORE__SERVER__MAX_CONCURRENT_REQUESTS", "20000")
-            .env("GRAINSTORE__STORAGE__MAX_SESSIONS", "20000");
+            .env("GRAINSTORE__STORAGE__MAX_SESSIONS", "20000")
+            .env("GRAINSTORE__LIVE__MAX_STREAMS", "20000");
         let server = Server::spawn("grainstore", command, &log);
         wait_for_port(port, "grainstore").await;
         Grainstore { server, port }

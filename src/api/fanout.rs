@@ -52,14 +52,25 @@ impl Fanouts {
         }
     }
 
-    /// The fan-out of `flow`, started if it has none. Must be called within the runtime.
-    pub fn join(&self, flow: FlowId) -> Arc<FlowFanout> {
+    /// The fan-out of `flow`, started if it has none.
+    ///
+    /// A new fan-out starts after the newest grain stored when it is made, read here,
+    /// before it is handed out: every subscriber's catch-up from the store then reads a
+    /// later snapshot than that, so whatever is committed after a subscriber's last
+    /// catch-up read lies after the fan-out's start and is broadcast. (Read in the
+    /// fan-out's own task instead, the start could land after a grain that a subscriber's
+    /// empty catch-up read just missed, and that grain would reach nobody.)
+    pub async fn join(&self, flow: FlowId) -> Result<Arc<FlowFanout>, StoreError> {
+        if let Some(fanout) = self.running(flow) {
+            return Ok(fanout);
+        }
+        let start = newest_position(&*self.inner.store, flow).await?;
         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+        // Another subscriber may have made one meanwhile; its start was read before it
+        // was handed out, so before this subscriber's catch-up too.
         if let Some(fanout) = flows.get(&flow).and_then(Weak::upgrade) {
-            // One whose task ended on a store error is replaced, so new subscribers get
-            // a working one.
             if fanout.sender.strong_count() > 0 {
-                return fanout;
+                return Ok(fanout);
             }
         }
         let (sender, _) = broadcast::channel(self.inner.capacity);
@@ -68,6 +79,7 @@ impl Fanouts {
         tokio::spawn(run(
             self.inner.store.clone(),
             flow,
+            start,
             sender,
             stop.clone(),
             self.inner.inline_max,
@@ -79,11 +91,21 @@ impl Fanouts {
             registry: Arc::downgrade(&self.inner),
         });
         flows.insert(flow, Arc::downgrade(&fanout));
-        fanout
+        Ok(fanout)
+    }
+
+    /// The fan-out of `flow` if one is running (one whose task ended on a store error
+    /// is not: it is replaced, so new subscribers get a working one).
+    fn running(&self, flow: FlowId) -> Option<Arc<FlowFanout>> {
+        let flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
+        flows
+            .get(&flow)
+            .and_then(Weak::upgrade)
+            .filter(|fanout| fanout.sender.strong_count() > 0)
     }
 
     /// Fan-outs running now (one per flow with subscribers).
-    pub fn running(&self) -> usize {
+    pub fn count(&self) -> usize {
         let flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
         flows.values().filter(|f| f.strong_count() > 0).count()
     }
@@ -189,22 +211,20 @@ impl FanoutGrain {
     }
 }
 
-/// The fan-out's task: from the newest grain stored when it starts, read what each
-/// commit adds after its position and broadcast it. Ends when stopped, when the flow is
-/// deleted (after broadcasting that), or on a store error (its subscribers then read
-/// from the store themselves).
+/// The fan-out's task: from `start`, read what each commit adds after its position and
+/// broadcast it. Ends when stopped, when the flow is deleted (after broadcasting that),
+/// or on a store error (its subscribers then read from the store themselves).
 async fn run(
     store: Arc<dyn Store>,
     flow: FlowId,
+    start: Bound,
     sender: broadcast::Sender<Arc<FanoutItem>>,
     stop: CancellationToken,
     inline_max: usize,
 ) {
+    // Commits between `start` and this subscription are found by the first read.
     let mut watch = store.watch(flow);
-    let mut position = match newest_position(&*store, flow).await {
-        Ok(position) => position,
-        Err(e) => return finish(&sender, flow, e),
-    };
+    let mut position = start;
     loop {
         // Mark the commits seen before reading, so one that lands during the read wakes
         // the wait below.

@@ -423,7 +423,7 @@ pub async fn subscribe(
             Bound::Unbounded,
             mode == PayloadMode::Inline,
         ),
-        fanout: Some(state.fanouts.join(flow)),
+        fanout: Some(state.fanouts.join(flow).await?),
         receiver: None,
         on_fanout: false,
         mode,

@@ -46,7 +46,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         sessions_active: sessions.active(),
         sessions_max: sessions.capacity(),
         live_streams: state.streams.open(),
-        live_fanouts: state.fanouts.running(),
+        live_fanouts: state.fanouts.count(),
     });
     let mut response = body.into_response();
     response.headers_mut().insert(

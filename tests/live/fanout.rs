@@ -14,11 +14,11 @@ use crate::helpers::*;
 /// Waits until `running()` fan-outs are `want`; panics after [`PATIENCE`].
 async fn wait_running(server: &TestServer, want: usize) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while server.state.fanouts.running() != want {
+    while server.state.fanouts.count() != want {
         assert!(
             tokio::time::Instant::now() < deadline,
             "fan-outs running: {}, expected {want}",
-            server.state.fanouts.running()
+            server.state.fanouts.count()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -209,4 +209,25 @@ async fn a_subscriber_that_stays_behind_is_closed_and_resumes_exactly() {
         .map(|g| g.origin_timestamp().to_string())
         .collect();
     assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grain_committed_right_after_subscribing_reaches_every_new_fanout() {
+    // Many flows at once, each with a fresh fan-out and a grain written as soon as its
+    // subscriber has its response headers: the fan-out's start must not land after it.
+    const FLOWS: usize = 100;
+    let server = Arc::new(spawn_server(|_| {}).await);
+    let runs = (0..FLOWS).map(|_| {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let (flow, source) = server.create_flow().await;
+            let mut sse = server.subscribe(flow, "", None).await;
+            let g = grain(flow, source, frame_time(0), 16);
+            server.post(flow, std::slice::from_ref(&g)).await;
+            assert_same_grains(&[sse.next_grain().await.1], &[g]);
+        })
+    });
+    for run in join_all(runs).await {
+        run.expect("flow");
+    }
 }
