@@ -19,9 +19,19 @@ fn var(name: &str) -> String {
 }
 
 /// Drops the test's schema (and so its tables) when the test ends.
-struct SchemaGuard {
+pub struct SchemaGuard {
     url: String,
     schema: String,
+}
+
+impl SchemaGuard {
+    /// Drops `schema` of the database at `url` when dropped.
+    pub fn new(url: &str, schema: &str) -> SchemaGuard {
+        SchemaGuard {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+        }
+    }
 }
 
 impl Drop for SchemaGuard {

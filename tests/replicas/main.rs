@@ -2,7 +2,8 @@
 //! one PostgreSQL schema and one S3 bucket prefix. What is written through one replica
 //! is read, streamed and reported through the other, and a client moves between them
 //! with `Last-Event-ID` — after a disconnect or the graceful shutdown of its replica —
-//! without missing or repeating anything.
+//! without missing or repeating anything. [`processes`] runs the replicas as
+//! `grainstore serve` processes instead and kills one with SIGKILL mid-stream.
 //!
 //! The tests need `GRAINSTORE_TEST_POSTGRES_URL`, `GRAINSTORE_TEST_S3_ENDPOINT`,
 //! `GRAINSTORE_TEST_S3_BUCKET`, `GRAINSTORE_TEST_S3_ACCESS_KEY` and
@@ -13,6 +14,7 @@ mod cluster;
 #[path = "../live/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod processes;
 
 use std::time::Duration;
 
