@@ -14,6 +14,7 @@
 //!   readers, live grain streams and writers.
 
 pub mod api;
+mod buffer;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;

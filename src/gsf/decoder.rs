@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 
 use super::GsfError;
 use super::head::GsfHead;
@@ -438,7 +438,8 @@ impl GsfDecoder {
             }
             return out;
         }
-        let mut out = BytesMut::with_capacity(n);
+        // A reused buffer: see `crate::buffer` for why.
+        let mut out = crate::buffer::POOL.take(n);
         while out.len() < n {
             let Some(front) = self.chunks.front_mut() else {
                 break;
@@ -450,7 +451,7 @@ impl GsfDecoder {
                 self.chunks.pop_front();
             }
         }
-        out.freeze()
+        crate::buffer::POOL.freeze(out)
     }
 }
 

@@ -19,75 +19,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::buffer::POOL;
+
 /// The directory of segment files and a cache of open handles for reading.
 #[derive(Debug)]
 pub struct Segments {
     dir: PathBuf,
     /// Open read handles by segment id. A std mutex: held only for a map look-up.
     readers: Mutex<HashMap<u64, Arc<File>>>,
-    /// Buffers that payload reads fill, reused once their `Bytes` are dropped.
-    buffers: Arc<BufferPool>,
-}
-
-/// Read buffers kept for reuse, up to [`BufferPool::MAX_BYTES`] in all.
-///
-/// A large payload read into a freshly allocated buffer costs more than the copy: the
-/// allocator hands out new pages (page faults, the kernel zeroing them) and gives them
-/// back when the buffer is freed (`madvise`), for every grain. Profiles of 1 MiB grain
-/// reads put that at a third of the server's time. A bounded pool of buffers, returned
-/// when the last `Bytes` of a payload is dropped, reads into pages already mapped.
-#[derive(Debug, Default)]
-struct BufferPool {
-    /// A std mutex: held for a push or a short scan, never across I/O.
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufferPool {
-    /// The most bytes of buffers kept; the pool keeps no buffer larger than a quarter.
-    const MAX_BYTES: usize = 16 << 20;
-
-    /// An empty buffer with room for `len` bytes: a kept one if one is big enough.
-    fn take(&self, len: usize) -> Vec<u8> {
-        if len <= Self::MAX_BYTES / 4 {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = free.iter().position(|b| b.capacity() >= len) {
-                let mut buf = free.swap_remove(i);
-                buf.clear();
-                return buf;
-            }
-        }
-        Vec::with_capacity(len)
-    }
-
-    /// Keeps `buf` for reuse if it is not too large and the pool has room.
-    fn give_back(&self, buf: Vec<u8>) {
-        if buf.capacity() > Self::MAX_BYTES / 4 {
-            return;
-        }
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let kept: usize = free.iter().map(Vec::capacity).sum();
-        if kept + buf.capacity() <= Self::MAX_BYTES {
-            free.push(buf);
-        }
-    }
-}
-
-/// A payload read into a pooled buffer; the buffer goes back to the pool when dropped.
-struct PooledPayload {
-    buf: Vec<u8>,
-    pool: Arc<BufferPool>,
-}
-
-impl AsRef<[u8]> for PooledPayload {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for PooledPayload {
-    fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buf));
-    }
 }
 
 impl Segments {
@@ -97,7 +36,6 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_owned(),
             readers: Mutex::new(HashMap::new()),
-            buffers: Arc::default(),
         })
     }
 
@@ -125,15 +63,13 @@ impl Segments {
     /// Reads `len` bytes at `offset` of segment `id` (blocking).
     pub fn read(&self, id: u64, offset: u64, len: usize) -> std::io::Result<Bytes> {
         let file = self.reader(id)?;
-        let mut buf = self.buffers.take(len);
+        // A reused buffer: see `crate::buffer` for why.
+        let mut buf = POOL.take(len);
         if let Err(e) = read_exact_at(&file, len, offset, &mut buf) {
-            self.buffers.give_back(buf);
+            POOL.give_back(buf);
             return Err(e);
         }
-        Ok(Bytes::from_owner(PooledPayload {
-            buf,
-            pool: self.buffers.clone(),
-        }))
+        Ok(POOL.freeze(buf))
     }
 
     fn reader(&self, id: u64) -> std::io::Result<Arc<File>> {
@@ -343,52 +279,5 @@ impl Reclaimer {
             }
         });
         free
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_buffers_are_reused_once_dropped_and_bounded() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let segments = Segments::open(dir.path()).expect("open");
-        let mut appender = segments.appender(1, 0).expect("appender");
-        let first: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-        let second: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-        let at_first = appender.append(&first).expect("append");
-        let at_second = appender.append(&second).expect("append");
-        let huge = vec![9u8; BufferPool::MAX_BYTES / 4 + 1];
-        let at_huge = appender.append(&huge).expect("append");
-        appender.sync().expect("sync");
-
-        let a = segments.read(1, at_first, first.len()).expect("read");
-        assert_eq!(&a[..], &first[..]);
-        let a_ptr = a.as_ptr();
-        drop(a);
-        // The second read fills the buffer the first gave back, with its own bytes.
-        let b = segments.read(1, at_second, second.len()).expect("read");
-        assert_eq!(b.as_ptr(), a_ptr);
-        assert_eq!(&b[..], &second[..]);
-        // While `b` lives, its buffer is not handed out again.
-        let c = segments.read(1, at_first, first.len()).expect("read");
-        assert_ne!(c.as_ptr(), b.as_ptr());
-        assert_eq!(&c[..], &first[..]);
-        // A slice keeps the buffer out of the pool too.
-        let tail = b.slice(10..20);
-        drop(b);
-        let d = segments.read(1, at_first, first.len()).expect("read");
-        assert_ne!(d.as_ptr(), a_ptr);
-        assert_eq!(&tail[..], &second[10..20]);
-        // A buffer larger than the pool keeps is not kept.
-        let h = segments.read(1, at_huge, huge.len()).expect("read");
-        assert_eq!(&h[..], &huge[..]);
-        drop(h);
-        let kept = segments.buffers.free.lock().expect("pool");
-        assert!(
-            kept.iter()
-                .all(|b| b.capacity() <= BufferPool::MAX_BYTES / 4)
-        );
     }
 }
