@@ -57,6 +57,7 @@ mod segments;
 use std::ops::Bound as KeyBound;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -170,10 +171,8 @@ impl EmbeddedStore {
     /// Blocking: call it from a blocking context or at start-up.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = redb::Builder::new()
-            .set_cache_size(config.index_cache_bytes)
-            .create(config.data_dir.join("index.redb"))
-            .map_err(engine)?;
+        let path = config.data_dir.join("index.redb");
+        let db = open_index(&path, config.index_cache_bytes)?;
         let segments = Segments::open(&config.data_dir.join("segments"))?;
         let txn = db.begin_write().map_err(engine)?;
         let mut known = std::collections::BTreeMap::new();
@@ -258,6 +257,47 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+/// Opens the index and makes sure that every page it reaches is the page redb wrote.
+///
+/// redb checks its page checksums only when it repairs the file after an unclean
+/// shutdown; an open after a clean one trusts every page, and a page damaged on disk
+/// since (a failing disk, a stray write) would later panic inside redb or hand out wrong
+/// grains. So an open that redb did not repair walks the whole index once (as its repair
+/// does), and a damaged index stops the start with an error naming the file.
+fn open_index(path: &std::path::Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let damaged = |e: &dyn std::fmt::Display| {
+        StoreError::Corrupt(format!(
+            "index {} is damaged ({e}); restore the data directory from a backup",
+            path.display()
+        ))
+    };
+    let repaired = Arc::new(AtomicBool::new(false));
+    let flag = repaired.clone();
+    let mut db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => damaged(&e),
+            e => StoreError::Unavailable(format!("index {}: {e}", path.display())),
+        })?;
+    if !repaired.load(Ordering::Relaxed) {
+        match db.check_integrity() {
+            Ok(true) => {}
+            // Damage redb could repair: its free-page state, or a page reached only by
+            // the newest commit when that was not two-phase (it then goes back to the
+            // commit before, and what the newest one wrote is gone).
+            Ok(false) => tracing::error!(
+                file = %path.display(),
+                "the index failed its integrity check and was repaired; \
+                 grains of its newest commit may be lost"
+            ),
+            Err(e) => return Err(damaged(&e)),
+        }
+    }
+    Ok(db)
 }
 
 fn read_flow(txn: &ReadTransaction, id: u128) -> Result<Option<Flow>, StoreError> {
