@@ -284,7 +284,16 @@ fn open_index(path: &std::path::Path, cache_bytes: usize) -> Result<Database, St
             e => StoreError::Unavailable(format!("index {}: {e}", path.display())),
         })?;
     if !repaired.load(Ordering::Relaxed) {
-        match db.check_integrity() {
+        // It reads the whole index: logged, since on a large one it takes a while.
+        let started = std::time::Instant::now();
+        tracing::info!(file = %path.display(), "checking the index's page checksums");
+        let checked = db.check_integrity();
+        tracing::info!(
+            file = %path.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index checked"
+        );
+        match checked {
             Ok(true) => {}
             // Damage redb could repair: its free-page state, or a page reached only by
             // the newest commit when that was not two-phase (it then goes back to the
