@@ -10,7 +10,9 @@
 //! `cargo bench --bench compare` runs the quick set (~2–3 minutes);
 //! `GS_COMPARE_SCALE=full cargo bench --bench compare` the full one. Environment:
 //! - `GS_COMPARE_WORKLOADS`: comma list of `get`, `ingest-small`, `ingest-large`,
-//!   `read-small`, `read-large`, `live`, `idle` (default: all);
+//!   `read-small`, `read-large`, `live`, `idle` (default: all), and `scaleout` (not in
+//!   the default set: embedded against the postgres backend with one and two replicas;
+//!   needs PostgreSQL and an S3-compatible server, see scaleout.rs);
 //! - `GS_COMPARE_PEERS`: comma list of `axum`, `nginx`, `dd`, `redis`, `nats`
 //!   (default: all that are installed or listening);
 //! - sizes: `GS_COMPARE_SMALL` (small grains ingested), `GS_COMPARE_LARGE_MIB` (MiB of
@@ -33,6 +35,7 @@ mod proc;
 mod read;
 mod report;
 mod resp;
+mod scaleout;
 
 use std::path::PathBuf;
 
@@ -175,6 +178,9 @@ async fn run(plan: &Plan, dir: PathBuf, fd_limit: u64, report: &mut Report) {
     }
     if plan.runs("idle") {
         live::idle(plan, &grainstore, &mut peers, fd_limit, report).await;
+    }
+    if plan.runs("scaleout") {
+        scaleout::run(plan, &dir, &grainstore, report).await;
     }
     peers.cleanup().await;
     let resident = grainstore.server.stat();
