@@ -38,7 +38,8 @@ async fn count_grains(app: &App, flow: Uuid) -> usize {
     text.lines().count()
 }
 
-async fn sessions_active(app: &App) -> u64 {
+/// A gauge's value on `/metrics`.
+async fn gauge(app: &App, name: &str) -> u64 {
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -48,10 +49,19 @@ async fn sessions_active(app: &App) -> u64 {
         .text()
         .await
         .unwrap();
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("grainstore_store_sessions_active "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
-        .expect("sessions gauge")
+        .unwrap_or_else(|| panic!("no gauge {name} on /metrics"))
+}
+
+async fn sessions_active(app: &App) -> u64 {
+    gauge(app, "grainstore_store_sessions_active").await
+}
+
+async fn live_streams_open(app: &App) -> u64 {
+    gauge(app, "grainstore_live_streams_open").await
 }
 
 #[tokio::test]
@@ -279,22 +289,6 @@ fn resident_bytes() -> u64 {
 
 /// A subscriber that never reads costs the server a bounded amount of memory however
 /// much is written: its feed reads from the store only when the connection takes more.
-async fn live_streams_open(app: &App) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("grainstore_live_streams_open "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("live streams gauge")
-}
-
 /// Waits until `probe` says `want`; panics after [`PATIENCE`].
 async fn eventually<F: Future<Output = u64>>(what: &str, want: u64, probe: impl Fn() -> F) {
     let deadline = Instant::now() + PATIENCE;
