@@ -37,7 +37,10 @@ check probe "$work/probe.theirs.json" "$work/probe.ours.json"
 
 "$bin" import "$work/video.gsf" | tee "$work/import.txt"
 grep -q "flow $flow: 25 grains written, 0 unchanged" "$work/import.txt"
-"$bin" flows show "$flow" | grep -q '"format": "urn:x-nmos:format:video"'
+# Into a file, not a pipe: `grep -q` stops reading at the first match, and the writer
+# would then fail on a closed pipe (under pipefail) if it had more to write.
+"$bin" flows show "$flow" >"$work/show.json"
+grep -q '"format": "urn:x-nmos:format:video"' "$work/show.json"
 "$bin" export --flow "$flow" >"$work/export.gsf"
 check same "$work/video.gsf" "$work/export.gsf"
 # What export writes, gsf_probe reads.
