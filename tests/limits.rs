@@ -302,12 +302,21 @@ async fn eventually<F: Future<Output = u64>>(what: &str, want: u64, probe: impl 
     }
 }
 
-/// A connection whose receive buffer is small, so that a response it does not read
-/// fills the server's send buffer soon.
-async fn connect_small_window(addr: std::net::SocketAddr) -> TcpStream {
+/// Sends `GET path` with `accept` on a connection whose receive buffer is small (so that
+/// a response it does not read fills the server's send buffer soon), reads the response
+/// head, which must be a 200, and returns the connection without reading more.
+async fn get_and_stop_reading(app: &App, path: &str, accept: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(addr).await.unwrap()
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    stream
 }
 
 #[tokio::test]
@@ -319,19 +328,8 @@ async fn a_range_read_whose_client_stops_reading_is_cut_off_and_releases_its_ses
         let body = ndjson(flow, source, batch * 48..(batch + 1) * 48, 64 << 10);
         assert_eq!(post_ndjson(&app, flow, body).await.status(), 201);
     }
-    let mut stalled = connect_small_window(app.addr).await;
-    stalled
-        .write_all(
-            format!(
-                "GET /flows/{flow}/grains HTTP/1.1\r\nHost: x\r\nAccept: application/x-gsf\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut head = [0u8; 64];
-    let n = stalled.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    let mut stalled =
+        get_and_stop_reading(&app, &format!("/flows/{flow}/grains"), "application/x-gsf").await;
     // The response holds its read session while it waits on the client...
     assert_eq!(sessions_active(&app).await, 1);
     // ...until the client has read nothing for the limit: then the connection ends and
@@ -357,20 +355,12 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
     })
     .await;
     let (flow, source) = app.create_flow(None).await;
-    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
-    stalled
-        .write_all(
-            format!(
-                "GET /flows/{flow}/grains?from=0:0 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    // Read the response head only, then stop reading.
-    let mut head = [0u8; 64];
-    let n = stalled.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    let stalled = get_and_stop_reading(
+        &app,
+        &format!("/flows/{flow}/grains?from=0:0"),
+        "text/event-stream",
+    )
+    .await;
 
     let before = resident_bytes();
     // 96 MiB of grains of 48 KiB, each inlined in its SSE event as base64.
@@ -396,19 +386,9 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
 async fn a_subscriber_that_stops_reading_is_cut_off_and_its_place_freed() {
     let app = spawn(|c| c.server.send_stall_timeout_ms = 1000).await;
     let (flow, source) = app.create_flow(None).await;
-    let mut stalled = connect_small_window(app.addr).await;
-    stalled
-        .write_all(
-            format!(
-                "GET /flows/{flow}/grains HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut head = [0u8; 64];
-    let n = stalled.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    // Held, unread, to the end of the test.
+    let _stalled =
+        get_and_stop_reading(&app, &format!("/flows/{flow}/grains"), "text/event-stream").await;
     assert_eq!(live_streams_open(&app).await, 1);
     // 16 MiB of events the subscriber does not read.
     for batch in 0..8u64 {
