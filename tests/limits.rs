@@ -66,6 +66,7 @@ async fn live_streams_open(app: &App) -> u64 {
 
 #[tokio::test]
 async fn grains_per_request_are_bounded_and_the_rest_is_kept() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| c.limits.max_grains_per_request = 5).await;
     let (flow, source) = app.create_flow(None).await;
     let response = post_ndjson(&app, flow, ndjson(flow, source, 0..8, 10)).await;
@@ -104,6 +105,7 @@ fn sse_request(app: &App, path: &str, token: Option<&str>) -> reqwest::RequestBu
 
 #[tokio::test]
 async fn live_streams_are_bounded_per_credential_and_in_total() {
+    let _shared = MEASURING.read().await;
     let alice = format!("alice-{}", Uuid::new_v4().simple());
     let bob = format!("bob-{}", Uuid::new_v4().simple());
     let (a, b) = (alice.clone(), bob.clone());
@@ -196,6 +198,7 @@ async fn live_streams_are_bounded_per_credential_and_in_total() {
 
 #[tokio::test]
 async fn without_auth_only_the_total_applies() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| {
         c.live.max_streams = 3;
         c.live.max_streams_per_credential = 1;
@@ -221,6 +224,7 @@ async fn without_auth_only_the_total_applies() {
 /// by the body idle timeout; what it completed stays, and its session is released.
 #[tokio::test]
 async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| c.server.body_idle_timeout_ms = 1000).await;
     let (flow, source) = app.create_flow(None).await;
     let mut body = ndjson(flow, source, 0..1, 10);
@@ -277,6 +281,11 @@ async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
     assert_eq!(active, 0, "the upload's session was released");
 }
 
+/// Taken for writing by the test that measures the process's memory, and for reading by
+/// every other: tests of one binary share a process, so the measurement must not run
+/// beside another test's traffic.
+static MEASURING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -321,6 +330,7 @@ async fn get_and_stop_reading(app: &App, path: &str, accept: &str) -> TcpStream 
 
 #[tokio::test]
 async fn a_range_read_whose_client_stops_reading_is_cut_off_and_releases_its_session() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| c.server.send_stall_timeout_ms = 2000).await;
     let (flow, source) = app.create_flow(None).await;
     // 24 MiB: far more than the socket buffers between the server and the client.
@@ -348,6 +358,8 @@ async fn a_range_read_whose_client_stops_reading_is_cut_off_and_releases_its_ses
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_does_not_grow_memory() {
+    // Alone: the resident size it measures is the whole test process's.
+    let _alone = MEASURING.write().await;
     let app = spawn(|c| {
         c.live.inline_max_bytes = 65536;
         // Longer than the writes below take, so memory is measured with the stream open.
@@ -384,6 +396,7 @@ async fn a_subscriber_that_never_reads_does_not_grow_memory() {
 
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_cut_off_and_its_place_freed() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| c.server.send_stall_timeout_ms = 1000).await;
     let (flow, source) = app.create_flow(None).await;
     // Held, unread, to the end of the test.
@@ -402,6 +415,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_its_place_freed() {
 /// timeout.
 #[tokio::test]
 async fn an_unfinished_request_head_is_cut_off() {
+    let _shared = MEASURING.read().await;
     let app = spawn(|c| c.server.header_read_timeout_ms = 500).await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     stream

@@ -186,15 +186,27 @@ pub async fn write(
     // (slow loris) holds a write session as surely as a silent one.
     let mut progress_deadline = tokio::time::Instant::now() + idle;
     loop {
-        // Commit whenever the body has nothing more for now, so live readers see the
-        // grains within milliseconds even from a slow, long upload.
+        // Whenever the body has nothing more for now, what is staged starts committing,
+        // so live readers see the grains within milliseconds even from a slow, long
+        // upload. The commit is not waited for: the body goes on being received while
+        // the batch is made durable, and a batch staged meanwhile starts committing as
+        // soon as the one before it is done.
         let next = match chunks.next().now_or_never() {
             Some(next) => next,
             None => {
-                if session.staged() > 0 || upload.in_flight.is_some() {
-                    upload.commit(&mut session).await?;
-                }
-                match tokio::time::timeout_at(progress_deadline, chunks.next()).await {
+                let waited = loop {
+                    if upload.in_flight.is_none() && session.staged() > 0 {
+                        upload.start(&mut session);
+                    }
+                    let Some((pending, _)) = upload.in_flight.as_mut() else {
+                        break tokio::time::timeout_at(progress_deadline, chunks.next()).await;
+                    };
+                    tokio::select! {
+                        next = tokio::time::timeout_at(progress_deadline, chunks.next()) => break next,
+                        joined = pending => upload.absorb(&mut session, joined)?,
+                    }
+                };
+                match waited {
                     Ok(next) => next,
                     Err(_) => {
                         let problem = ApiError::new(
@@ -329,19 +341,38 @@ impl Upload {
             // At most one commit in flight: wait for the previous batch, then start
             // this one and go back to the body.
             self.settle(session).await?;
-            let pending: PendingCommit = tokio::spawn(session.start_commit());
-            self.in_flight = Some((pending, std::mem::take(&mut self.staged)));
+            self.start(session);
         }
         Ok(())
     }
 
+    /// Starts committing what is staged, as its own task. The caller has settled the
+    /// commit before it.
+    fn start(&mut self, session: &mut WriteSession) {
+        debug_assert!(self.in_flight.is_none());
+        let pending: PendingCommit = tokio::spawn(session.start_commit());
+        self.in_flight = Some((pending, std::mem::take(&mut self.staged)));
+    }
+
     /// Waits for the commit in flight, if any.
     async fn settle(&mut self, session: &mut WriteSession) -> ApiResult<()> {
-        let Some((pending, staged)) = self.in_flight.take() else {
+        let Some((pending, _)) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        let joined = pending
-            .await
+        let joined = pending.await;
+        self.absorb(session, joined)
+    }
+
+    /// Takes the result of the commit in flight, which has finished with `joined`.
+    fn absorb(
+        &mut self,
+        session: &mut WriteSession,
+        joined: Result<Result<BatchResult, StoreError>, tokio::task::JoinError>,
+    ) -> ApiResult<()> {
+        let Some((_, staged)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let joined = joined
             .map_err(|e| StoreError::Unavailable(format!("commit task failed: {e}")))
             .and_then(|result| result);
         let result = session.finish_commit(joined);
