@@ -430,3 +430,51 @@ async fn an_unfinished_request_head_is_cut_off() {
     // Whatever hyper answers (nothing, or 408), it is not the health check.
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
 }
+
+/// Past `server.max_concurrent_requests` requests in their handlers, a request is
+/// refused at once with 503 and `Retry-After`; the place comes back when one ends.
+#[tokio::test]
+async fn requests_past_the_concurrency_limit_are_shed_at_once() {
+    let _shared = MEASURING.read().await;
+    let app = spawn(|c| c.server.max_concurrent_requests = 1).await;
+    let (flow, source) = app.create_flow(None).await;
+    // An upload whose body stays open holds the one place while it is in its handler.
+    let (more, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    more.send(Ok(ndjson(flow, source, 0..1, 10).into()))
+        .await
+        .unwrap();
+    let upload = tokio::spawn({
+        let request = app
+            .client
+            .post(app.url(&format!("/flows/{flow}/grains")))
+            .header("content-type", "application/x-ndjson")
+            .body(reqwest::Body::wrap_stream(
+                tokio_stream::wrappers::ReceiverStream::new(body),
+            ));
+        async move { request.send().await.unwrap() }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let refused = loop {
+        let response = app.client.get(app.url("/flows")).send().await.unwrap();
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(Instant::now() < deadline, "no request was refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:grainstore:problem:overloaded");
+    // The refusal cost the upload nothing; once it ends, the place is free again.
+    more.send(Ok(ndjson(flow, source, 1..2, 10).into()))
+        .await
+        .unwrap();
+    drop(more);
+    assert_eq!(upload.await.unwrap().status(), 201);
+    assert_eq!(count_grains(&app, flow).await, 2);
+}

@@ -1,4 +1,4 @@
-//! The whole tower stack in one readable place, outermost first:
+//! The service's middleware, outermost first:
 //!
 //! 1. panic catching: a handler panic becomes a 500 problem, the server goes on;
 //! 2. request ids: `x-request-id` taken from the client or made, echoed in the response;
@@ -15,87 +15,404 @@
 //! 8. live stream limits: SSE subscriptions, `follow=true` reads and `/events` take a
 //!    place in `live.max_streams` (503) and `live.max_streams_per_credential` (429),
 //!    held by the response body until it ends;
-//! 9. compression of JSON responses only (never GSF, NDJSON or event streams, whose
-//!    payloads are media and whose latency matters);
-//! 10. a deadline for reaching response headers (not applied to uploads, which are
-//!     bounded by the body idle timeout instead, nor to the streams after their headers).
+//! 9. a deadline for reaching response headers (not applied to uploads, which are
+//!    bounded by the body idle timeout instead, nor to the streams after their headers);
+//! 10. compression of JSON responses only (never GSF, NDJSON or event streams, whose
+//!     payloads are media and whose latency matters).
+//!
+//! Steps 2 to 9 are one service, [`Edge`], with one future per request: axum clones a
+//! route's whole middleware stack for every request, and as separate layers (each
+//! boxed, several holding allocated configuration) the clones and their futures cost
+//! more than the handler of a single-grain GET. CORS is tower-http's, run for requests
+//! that carry an `Origin` header and for `OPTIONS`; to the others, which no browser
+//! sent, it would add only its fixed headers (`Vary`, `Access-Control-Expose-Headers`),
+//! which are learnt from it once at start and added as it adds them.
 //!
 //! Request heads are bounded by the server's header read timeout (see `server`). The
 //! request span records the path only, never the query string or headers, and the
 //! principal's name, never its credential.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::middleware::{self, Next};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use tower::ServiceBuilder;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::Predicate;
+use tower_http::compression::{CompressionBody, CompressionLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use super::auth::{self, Authenticator, Principal};
 use super::live::{self, StreamLimits};
 use super::{ApiError, AppState};
 
+/// The request id header.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Wraps the routes in the service's middleware.
 pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
-    let cors = cors_layer(&state.config.cors.allowed_origins);
-    let max_requests = state.config.server.max_concurrent_requests;
-    let authenticator = Arc::new(Authenticator::new(&state.config.auth).unwrap_or_else(|e| {
+    let authenticator = Authenticator::new(&state.config.auth).unwrap_or_else(|e| {
         // `Config::load` has checked this already; refuse everyone rather than run open.
         tracing::error!(key = e.key, reason = %e.reason, "invalid [auth] configuration; every request will be refused");
         Authenticator::deny_all(&state.config.auth.realm)
-    }));
-    let streams = state.streams.clone();
+    });
+    let edge = Edge::new(state.clone(), authenticator);
+    // One layer, so one boxed route service per route: axum boxes each `layer` call's
+    // result separately and clones every box per request.
     routes
-        .layer(middleware::from_fn_with_state(state.clone(), response_deadline))
-        .layer(CompressionLayer::new().compress_when(JsonOnly))
-        .layer(middleware::from_fn_with_state(streams, limit_live_streams))
-        .layer(middleware::from_fn_with_state(authenticator, authorize))
-        .layer(cors)
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::overloaded("the service is at its limit of concurrent requests; retry shortly")
-                }))
-                .load_shed()
-                .concurrency_limit(max_requests),
+                .layer(CatchPanicLayer::custom(
+                    |panic: Box<dyn std::any::Any + Send>| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown".into());
+                        tracing::error!(panic = %what, "handler panicked");
+                        ApiError::internal(
+                            "the request failed inside the service; it has been logged",
+                        )
+                        .into_response()
+                    },
+                ))
+                .layer(edge)
+                .map_response(|response: Response<CompressionBody<Body>>| response.map(Body::new))
+                .layer(CompressionLayer::new().compress_when(JsonOnly)),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                // The path only: the query may hold an `access_token`.
-                tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path(), principal = tracing::field::Empty)
-            }),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            tracing::error!(panic = %what, "handler panicked");
-            ApiError::internal("the request failed inside the service; it has been logged").into_response()
-        }))
         .with_state(state)
+}
+
+/// Request ids, tracing, metrics, load shedding, CORS, authentication, live stream
+/// limits and the response deadline, as one layer (see the module docs).
+#[derive(Clone)]
+pub struct Edge {
+    shared: Arc<EdgeShared>,
+}
+
+struct EdgeShared {
+    state: AppState,
+    auth: Authenticator,
+    streams: Arc<StreamLimits>,
+    /// Places for requests in their handlers (`server.max_concurrent_requests`).
+    slots: Arc<Semaphore>,
+    cors: CorsLayer,
+    /// What `cors` adds to the response of a request without `Origin` (not `OPTIONS`).
+    cors_plain: HeaderMap,
+    deadline: Duration,
+}
+
+impl Edge {
+    fn new(state: AppState, auth: Authenticator) -> Edge {
+        let cors = cors_layer(&state.config.cors.allowed_origins);
+        let cors_plain = plain_cors_headers(&cors);
+        let shared = EdgeShared {
+            streams: state.streams.clone(),
+            slots: Arc::new(Semaphore::new(state.config.server.max_concurrent_requests)),
+            deadline: Duration::from_millis(state.config.server.response_headers_timeout_ms),
+            state,
+            auth,
+            cors,
+            cors_plain,
+        };
+        Edge {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl<S> Layer<S> for Edge {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            shared: self.shared.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`Edge`].
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    shared: Arc<EdgeShared>,
+    inner: S,
+}
+
+type Inner = Box<dyn FnOnce(Request) -> BoxResponse + Send>;
+type BoxResponse = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+impl<S> Service<Request> for EdgeService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service (a route's handler) is always ready; readiness is taken in
+        // `call`, where load shedding decides.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let shared = self.shared.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(shared.handle(request, inner).await) })
+    }
+}
+
+impl EdgeShared {
+    async fn handle<S>(self: Arc<Self>, mut request: Request, inner: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        // Request id: the client's, or a new one.
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let made = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+                request
+                    .headers_mut()
+                    .insert(REQUEST_ID.clone(), made.clone());
+                made
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or(""),
+            method = %request.method(),
+            // The path only: the query may hold an `access_token`.
+            path = request.uri().path(),
+            principal = tracing::field::Empty,
+        );
+        let this = self.clone();
+        let mut response = async move {
+            let started = Instant::now();
+            let route = request.extensions().get::<MatchedPath>().cloned();
+            let method = request.method().clone();
+            let response = this.clone().shed_and_serve(request, inner).await;
+            let status = response.status();
+            let elapsed = started.elapsed();
+            this.state.metrics.record_request(
+                route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                &method,
+                status.as_u16(),
+                elapsed,
+            );
+            if status.is_server_error() {
+                tracing::error!(
+                    status = status.as_u16(),
+                    latency_ms = elapsed.as_millis() as u64,
+                    "response failed"
+                );
+            } else {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    latency_ms = elapsed.as_millis() as u64,
+                    "finished processing request"
+                );
+            }
+            response
+        }
+        .instrument(span)
+        .await;
+        response.headers_mut().insert(REQUEST_ID.clone(), id);
+        response
+    }
+
+    /// Load shedding, then CORS around the rest.
+    async fn shed_and_serve<S>(self: Arc<Self>, request: Request, inner: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        // Held until the response head, as a concurrency limit does.
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            return ApiError::overloaded(
+                "the service is at its limit of concurrent requests; retry shortly",
+            )
+            .into_response();
+        };
+        let browser =
+            request.headers().contains_key(header::ORIGIN) || request.method() == Method::OPTIONS;
+        let this = self.clone();
+        let rest: Inner =
+            Box::new(move |request| Box::pin(this.authorize_and_serve(request, inner)));
+        if !browser {
+            let mut response = rest(request).await;
+            let headers = response.headers_mut();
+            for (name, value) in &self.cors_plain {
+                if name == header::VARY {
+                    headers.append(header::VARY, value.clone());
+                } else {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            return response;
+        }
+        let rest = std::sync::Mutex::new(Some(rest));
+        let service = tower::service_fn(move |request: Request| {
+            let rest = rest.lock().unwrap_or_else(|e| e.into_inner()).take();
+            async move {
+                Ok::<_, Infallible>(match rest {
+                    Some(rest) => rest(request).await,
+                    None => ApiError::internal("a request was served twice").into_response(),
+                })
+            }
+        });
+        match self.cors.layer(service).oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Authentication and the route's scope, then the live stream limits and the rest.
+    async fn authorize_and_serve<S>(self: Arc<Self>, mut request: Request, inner: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        // Taken out of every request, so handlers' strict query parsing never sees it.
+        let query_token = auth::take_query_token(request.uri_mut());
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned());
+        if let Some(scope) = auth::required_scope(route.as_deref(), request.method()) {
+            let principal = (|| {
+                let query_token = query_token?;
+                if query_token.is_some() && !auth::is_event_stream(request.headers()) {
+                    return Err(auth::AuthFailure::BadRequest(
+                        "`access_token` is accepted only on event streams (Accept: text/event-stream); send `Authorization: Bearer TOKEN`".into(),
+                    ));
+                }
+                let header_token = auth::header_token(request.headers())?;
+                if header_token.is_some() && query_token.is_some() {
+                    return Err(auth::AuthFailure::BadRequest(
+                        "give the token in the Authorization header or in `access_token`, not both"
+                            .into(),
+                    ));
+                }
+                self.auth
+                    .authenticate(header_token.or(query_token.as_deref()))
+            })();
+            let principal = match principal {
+                Ok(principal) => principal,
+                Err(failure) => {
+                    tracing::debug!(reason = ?failure, "credentials refused");
+                    return self.auth.unauthorized(&failure).into_response();
+                }
+            };
+            tracing::Span::current().record("principal", &*principal.id);
+            if !principal.allows(scope) {
+                tracing::debug!(principal = %principal.id, ?scope, "scope missing");
+                let route = route.unwrap_or_else(|| request.uri().path().to_owned());
+                return self
+                    .auth
+                    .forbidden(scope, request.method(), &route)
+                    .into_response();
+            }
+            request.extensions_mut().insert(principal);
+        }
+        self.limit_streams_and_serve(request, inner).await
+    }
+
+    /// Bounds the live streams open at once (the place is held by the response body),
+    /// and bounds the time to response headers.
+    async fn limit_streams_and_serve<S>(&self, request: Request, inner: S) -> Response
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let matched = request.extensions().get::<MatchedPath>();
+        let is_live = live::is_live_request(
+            matched.map(|p| p.as_str()),
+            request.method(),
+            request.headers(),
+            request.uri().query(),
+        );
+        let upload = request.method() == Method::POST
+            && matched.is_some_and(|p| p.as_str() == "/flows/{id}/grains");
+        let permit = if is_live {
+            let anonymous = Principal::anonymous();
+            let principal = request
+                .extensions()
+                .get::<Principal>()
+                .unwrap_or(&anonymous);
+            match self.streams.acquire(principal) {
+                Ok(permit) => Some(permit),
+                Err(problem) => return problem.into_response(),
+            }
+        } else {
+            None
+        };
+        let serve = inner.oneshot(request).map(|r| match r {
+            Ok(response) => response,
+            Err(never) => match never {},
+        });
+        let response = if upload {
+            serve.await
+        } else {
+            match tokio::time::timeout(self.deadline, serve).await {
+                Ok(response) => response,
+                Err(_) => {
+                    let mut problem = ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "urn:grainstore:problem:timeout",
+                        "Request timed out",
+                        format!(
+                            "the request did not reach its response within {} ms (limit `server.response_headers_timeout_ms`)",
+                            self.deadline.as_millis()
+                        ),
+                    );
+                    problem.retry_after = Some(1);
+                    return problem.into_response();
+                }
+            }
+        };
+        let Some(permit) = permit else {
+            return response;
+        };
+        if !response.status().is_success() {
+            return response;
+        }
+        response.map(|body| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                // The permit lives as long as the body.
+                let _ = &permit;
+                chunk
+            }))
+        })
+    }
+}
+
+/// The headers `cors` adds to the response of a plain request: one without `Origin`,
+/// not `OPTIONS`. Learnt by running it once on such a request.
+fn plain_cors_headers(cors: &CorsLayer) -> HeaderMap {
+    let service =
+        tower::service_fn(|_: Request| async { Ok::<_, Infallible>(Response::new(Body::empty())) });
+    let probe = Request::get("/").body(Body::empty()).unwrap_or_default();
+    match cors.layer(service).oneshot(probe).now_or_never() {
+        Some(Ok(response)) => response.headers().clone(),
+        // The CORS future does not wait on anything for such a request.
+        _ => HeaderMap::new(),
+    }
 }
 
 /// Compresses JSON bodies only.
@@ -148,142 +465,4 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     }
     let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     base.allow_origin(AllowOrigin::list(list))
-}
-
-/// Counts the request by route and status and times it to response headers.
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // A reference-counted string: cloning it allocates nothing.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    state.metrics.record_request(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
-/// Authenticates the request and checks the scope of its route (see [`super::auth`]).
-async fn authorize(
-    State(auth): State<Arc<Authenticator>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    // Taken out of every request, so handlers' strict query parsing never sees it.
-    let query_token = auth::take_query_token(request.uri_mut());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let Some(scope) = auth::required_scope(route.as_deref(), request.method()) else {
-        return next.run(request).await;
-    };
-    let principal = (|| {
-        let query_token = query_token?;
-        if query_token.is_some() && !auth::is_event_stream(request.headers()) {
-            return Err(auth::AuthFailure::BadRequest(
-                "`access_token` is accepted only on event streams (Accept: text/event-stream); send `Authorization: Bearer TOKEN`".into(),
-            ));
-        }
-        let header_token = auth::header_token(request.headers())?;
-        if header_token.is_some() && query_token.is_some() {
-            return Err(auth::AuthFailure::BadRequest(
-                "give the token in the Authorization header or in `access_token`, not both".into(),
-            ));
-        }
-        auth.authenticate(header_token.or(query_token.as_deref()))
-    })();
-    let principal = match principal {
-        Ok(principal) => principal,
-        Err(failure) => {
-            tracing::debug!(reason = ?failure, "credentials refused");
-            return auth.unauthorized(&failure).into_response();
-        }
-    };
-    tracing::Span::current().record("principal", &*principal.id);
-    if !principal.allows(scope) {
-        tracing::debug!(principal = %principal.id, ?scope, "scope missing");
-        let route = route.unwrap_or_else(|| request.uri().path().to_owned());
-        return auth
-            .forbidden(scope, request.method(), &route)
-            .into_response();
-    }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
-}
-
-/// Bounds the live streams open at once; the place is held by the response body.
-async fn limit_live_streams(
-    State(streams): State<Arc<StreamLimits>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str());
-    if !live::is_live_request(
-        route,
-        request.method(),
-        request.headers(),
-        request.uri().query(),
-    ) {
-        return next.run(request).await;
-    }
-    let anonymous = Principal::anonymous();
-    let principal = request
-        .extensions()
-        .get::<Principal>()
-        .unwrap_or(&anonymous);
-    let permit = match streams.acquire(principal) {
-        Ok(permit) => permit,
-        Err(problem) => return problem.into_response(),
-    };
-    let response = next.run(request).await;
-    if !response.status().is_success() {
-        return response;
-    }
-    response.map(|body| {
-        Body::from_stream(body.into_data_stream().map(move |chunk| {
-            // The permit lives as long as the body.
-            let _ = &permit;
-            chunk
-        }))
-    })
-}
-
-/// Refuses requests that do not reach their response headers in time (uploads excepted).
-async fn response_deadline(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let upload = request.method() == Method::POST
-        && request
-            .extensions()
-            .get::<MatchedPath>()
-            .is_some_and(|p| p.as_str() == "/flows/{id}/grains");
-    if upload {
-        return next.run(request).await;
-    }
-    let limit = Duration::from_millis(state.config.server.response_headers_timeout_ms);
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let mut problem = ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "urn:grainstore:problem:timeout",
-                "Request timed out",
-                format!(
-                    "the request did not reach its response within {} ms (limit `server.response_headers_timeout_ms`)",
-                    limit.as_millis()
-                ),
-            );
-            problem.retry_after = Some(1);
-            problem.into_response()
-        }
-    }
 }
