@@ -410,7 +410,7 @@ pub struct StageLimit {
 /// A default that keeps memory small and still amortises commits over many grains.
 pub const DEFAULT_STAGE: StageLimit = StageLimit {
     grains: 4096,
-    bytes: 16 << 20,
+    bytes: 8 << 20,
 };
 
 /// A scoped write to one flow: stage grains, commit them; what is staged and not
