@@ -278,6 +278,7 @@ impl Config {
             segment_bytes: self.storage.segment_bytes,
             event_retention: self.live.event_retention,
             index_cache_bytes: self.storage.index_cache_bytes,
+            recent_grains_bytes: self.storage.recent_grains_bytes,
             min_free_bytes: self.storage.min_free_bytes,
         }
     }
@@ -312,6 +313,8 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// Memory for the embedded index's page cache.
     pub index_cache_bytes: usize,
+    /// Memory for the embedded store's most recently committed small grains.
+    pub recent_grains_bytes: usize,
     /// Free space kept on the embedded store's file system; writes are refused (507)
     /// below it.
     pub min_free_bytes: u64,

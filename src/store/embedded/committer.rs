@@ -11,9 +11,11 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
+use super::recent;
 use super::record::{self, Location};
 use super::segments::Appender;
 use super::{FLOWS, GRAINS, SEGMENTS, SOURCES, Shared, corrupt, engine, key_range, load_grain};
@@ -160,6 +162,10 @@ struct Group {
     now: Option<Timestamp>,
     /// Events to publish once the transaction has committed.
     events: Vec<PendingEvent>,
+    /// Flows created (true) or deleted (false), for the store's set of known flows.
+    flows: Vec<(u128, bool)>,
+    /// Small grains stored, as they will be read back, for the recent-grains cache.
+    recent: Vec<(u128, Grain)>,
 }
 
 /// An event held until its transaction commits.
@@ -240,6 +246,11 @@ impl State {
                 // Parked before answering: a snapshot opened once a delete has returned
                 // must not hold back the segments that delete emptied.
                 self.shared.reclaimer.retire(group.dead);
+                // Before answering: once a put returns, a read session can be opened;
+                // once a write returns, a session begun then may take its grains from
+                // the recent-grains cache.
+                self.shared.known_flows.apply(&group.flows);
+                let sequence = self.shared.recent.publish();
                 // Wake watchers before answering, so that when a commit returns its
                 // watchers have been told: a caller that commits and then waits on a
                 // watch it had already marked seen never misses its own commit.
@@ -255,6 +266,7 @@ impl State {
                 for (request, reply) in requests.into_iter().zip(replies) {
                     let _ = request.reply.send(reply);
                 }
+                self.shared.recent.add(sequence, group.recent);
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the group is rolled back");
@@ -314,7 +326,10 @@ impl State {
     ) -> Result<Result<Reply, StoreError>, StoreError> {
         match job {
             Job::CommitGrains { flow, grains } => self.commit_grains(txn, group, *flow, grains),
-            Job::PutFlow(flow) => put_flow(txn, group, flow).map(|r| r.map(Reply::Put)),
+            Job::PutFlow(flow) => {
+                group.flows.push((flow.id.as_u128(), true));
+                put_flow(txn, group, flow).map(|r| r.map(Reply::Put))
+            }
             Job::DeleteFlow(flow) => {
                 let flows = txn.open_table(FLOWS).map_err(engine)?;
                 let existed = flows.get(flow.as_u128()).map_err(engine)?.is_some();
@@ -322,13 +337,14 @@ impl State {
                 if !existed {
                     return Ok(Ok(Reply::Count(0)));
                 }
-                delete_range(txn, group, *flow, &TimeRange::eternity())?;
+                delete_range(&self.shared, txn, group, *flow, &TimeRange::eternity())?;
                 txn.open_table(FLOWS)
                     .map_err(engine)?
                     .remove(flow.as_u128())
                     .map_err(engine)?;
                 // Live readers of the flow must learn that it is gone.
                 group.touched.insert(*flow);
+                group.flows.push((flow.as_u128(), false));
                 group.events.push(PendingEvent {
                     event_type: "flows/deleted",
                     flow: Some(*flow),
@@ -342,7 +358,7 @@ impl State {
                     Ok(source) => source,
                     Err(refusal) => return Ok(Err(refusal)),
                 };
-                let deleted = delete_range(txn, group, *flow, range)?;
+                let deleted = delete_range(&self.shared, txn, group, *flow, range)?;
                 if deleted > 0 {
                     group.events.push(PendingEvent {
                         event_type: "flows/grains_deleted",
@@ -370,7 +386,11 @@ impl State {
         let mut table = txn.open_table(GRAINS).map_err(engine)?;
         let mut outcome = BatchOutcome::default();
         let mut conflict = None;
-        for grain in grains {
+        // The recent-grains cache takes the end of each batch only: all of a live
+        // writer's (small) batches, and of a bulk upload's batches what a reader at its
+        // edge asks for, without paying a copy for every grain of a bulk load.
+        let recent_from = grains.len().saturating_sub(recent::PER_BATCH);
+        for (index, grain) in grains.iter().enumerate() {
             let timestamp = grain.origin_timestamp();
             let key = (flow.as_u128(), timestamp.to_nanos());
             let created = grain
@@ -395,6 +415,15 @@ impl State {
                     }
                     conflict = Some(timestamp);
                     break;
+                }
+                if index >= recent_from && self.shared.recent.keeps_any() {
+                    // Its own copy of the payload, which may be a slice of a large
+                    // upload buffer (and cloning it would touch a count shared with
+                    // the writer's other grains).
+                    let mut header = grain.header().clone();
+                    header.creation_timestamp = created;
+                    let stored = Grain::from_stored(header, Bytes::copy_from_slice(payload));
+                    group.recent.push((flow.as_u128(), stored));
                 }
             } else {
                 // Look first: a re-sent large payload must not be appended again.
@@ -600,6 +629,7 @@ fn put_flow(
 }
 
 fn delete_range(
+    shared: &Shared,
     txn: &WriteTransaction,
     group: &mut Group,
     flow: FlowId,
@@ -608,6 +638,12 @@ fn delete_range(
     let Some(keys) = key_range(flow.as_u128(), range, Order::Ascending, None) else {
         return Ok(0);
     };
+    // Out of the recent-grains cache before the commit (see `recent`), and out of what
+    // this group would add to it.
+    shared.recent.forget(flow.as_u128(), Some(range));
+    group
+        .recent
+        .retain(|(f, grain)| *f != flow.as_u128() || !range.contains(grain.origin_timestamp()));
     let mut table = txn.open_table(GRAINS).map_err(engine)?;
     let mut removed = 0;
     let mut doomed = Vec::new();
