@@ -265,6 +265,7 @@ impl Config {
             event_retention: self.live.event_retention,
             gc_grace: Duration::from_secs(s.gc_grace_secs),
             gc_interval: Duration::from_secs(s.gc_interval_secs),
+            answer_within: Duration::from_millis(s.postgres_answer_timeout_ms),
         }
     }
 
@@ -330,6 +331,9 @@ pub struct StorageConfig {
     pub postgres_schema: String,
     /// Connections in each replica's pool (postgres backend).
     pub postgres_pool_size: usize,
+    /// Milliseconds PostgreSQL may take to hand over a working connection or answer a
+    /// readiness check before requests fail with 503 (postgres backend).
+    pub postgres_answer_timeout_ms: u64,
     /// Where payload objects go: `s3://bucket/prefix`, `file:///path` or `memory://`.
     pub object_store_url: String,
     /// S3 endpoint for S3-compatible services; empty for AWS.
@@ -537,6 +541,7 @@ impl Config {
                     "schema" => "storage.postgres_schema",
                     "sslmode" => "storage.postgres_sslmode",
                     "sslrootcert" => "storage.postgres_sslrootcert",
+                    "answer_within" => "storage.postgres_answer_timeout_ms",
                     _ => "storage.object_store_url",
                 },
                 reason: e.reason,
@@ -671,6 +676,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage.postgres_schema"), "{err}");
+        let err = load(&[
+            url,
+            memory,
+            ("GRAINSTORE__STORAGE__POSTGRES_ANSWER_TIMEOUT_MS", "0"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.postgres_answer_timeout_ms"), "{err}");
         let err = load(&[
             (
                 "GRAINSTORE__STORAGE__POSTGRES_URL",

@@ -210,7 +210,13 @@ async fn requests_answer_503_while_postgres_is_frozen_and_the_service_recovers()
     let pg =
         tokio::task::block_in_place(|| PrivatePostgres::create(machine.bindir.clone(), "", &[]));
     let prefix = format!("frozen-{}", Uuid::new_v4().simple());
-    let a = machine.server(&pg.url(), &prefix).await;
+    // Shorter than the default (5 s), so that the answer's time shows the key at work.
+    let answer_within = Duration::from_millis(1000);
+    let a = spawn_server(|config| {
+        machine.configure(config, &pg.url(), &prefix);
+        config.storage.postgres_answer_timeout_ms = answer_within.as_millis() as u64;
+    })
+    .await;
     let (flow, source) = a.create_flow().await;
     let written = frames(flow, source, 0..8, 300);
     a.post(flow, &written[..4]).await;
@@ -218,12 +224,17 @@ async fn requests_answer_503_while_postgres_is_frozen_and_the_service_recovers()
     pg.signal_all("STOP");
     let started = Instant::now();
     let response = answered("GET /readyz", a.get("/readyz", "application/json")).await;
-    eprintln!(
-        "readyz {:?} after {:?}",
-        response.status(),
-        started.elapsed()
-    );
+    let waited = started.elapsed();
+    eprintln!("readyz {:?} after {waited:?}", response.status());
     assert_unavailable("GET /readyz", response).await;
+    // Not a speed check: the readiness check waits for the database for the configured
+    // time (the pool's idle-connection check, then the query), and it must have given
+    // up on it long before the default of 5 s would have.
+    assert!(
+        waited >= answer_within && waited < Duration::from_millis(4500),
+        "readyz answered after {waited:?} with storage.postgres_answer_timeout_ms = {}",
+        answer_within.as_millis()
+    );
     let started = Instant::now();
     let path = format!("/flows/{flow}/grains");
     let response = answered("GET grains", a.get(&path, "application/x-gsf")).await;

@@ -94,6 +94,12 @@ pub struct PostgresConfig {
     pub gc_grace: Duration,
     /// How often the garbage collector runs; zero disables the periodic run.
     pub gc_interval: Duration,
+    /// How long PostgreSQL may take to hand over a working connection (connect, or
+    /// check an idle one) or to answer a readiness check before it counts as
+    /// unavailable: a database that stopped answering without closing its connections
+    /// (a frozen host, a network partition) then fails requests with 503 in bounded
+    /// time instead of holding them.
+    pub answer_within: Duration,
 }
 
 impl PostgresConfig {
@@ -115,6 +121,7 @@ impl PostgresConfig {
             event_retention: 10_000,
             gc_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(300),
+            answer_within: Duration::from_secs(5),
         }
     }
 }
@@ -139,6 +146,12 @@ pub struct SettingError {
 
 /// Checks the settings that can be checked without connecting.
 pub fn check_settings(config: &PostgresConfig) -> Result<(), SettingError> {
+    if config.answer_within < Duration::from_millis(100) {
+        return Err(SettingError {
+            setting: "answer_within",
+            reason: "must be at least 100 ms (a healthy database answers well within it)".into(),
+        });
+    }
     pg_config(config)?;
     tls::connector(config.ssl_mode, config.ssl_root_cert.as_deref())?;
     payloads::open(&config.objects).map_err(|e| SettingError {
@@ -199,7 +212,7 @@ fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, SettingE
         pg.application_name("grainstore");
     }
     pg.ssl_mode(config.ssl_mode.negotiation());
-    pg.connect_timeout(Duration::from_secs(5));
+    pg.connect_timeout(config.answer_within);
     pg.keepalives_idle(Duration::from_secs(30));
     Ok(pg)
 }
@@ -253,12 +266,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("postgres pool: {e}"))
 }
 
-/// How long PostgreSQL may take to hand over a working connection (connect, or check an
-/// idle one) or to answer a readiness check before it counts as unavailable: a database
-/// that stopped answering without closing its connections (a frozen host, a network
-/// partition) then fails requests with 503 in bounded time instead of holding them.
-const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-
 /// A pooled connection idle for longer than this is checked with an empty query before
 /// it is handed out, since its server may have gone away without closing it; one used
 /// just before is trusted, which spares busy connections the round trip.
@@ -267,13 +274,13 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 /// The `pre_recycle` hook that checks a connection idle for longer than
 /// [`CHECK_IDLE_AFTER`]; a connection that fails the check is discarded and the pool
 /// moves on to another one or connects anew.
-fn check_idle_connection() -> deadpool_postgres::Hook {
-    deadpool_postgres::Hook::async_fn(|client, metrics| {
+fn check_idle_connection(answer_within: Duration) -> deadpool_postgres::Hook {
+    deadpool_postgres::Hook::async_fn(move |client, metrics| {
         Box::pin(async move {
             if metrics.last_used() < CHECK_IDLE_AFTER {
                 return Ok(());
             }
-            match tokio::time::timeout(ANSWER_WITHIN, client.simple_query("")).await {
+            match tokio::time::timeout(answer_within, client.simple_query("")).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(deadpool_postgres::HookError::Backend(e)),
                 Err(_) => Err(deadpool_postgres::HookError::message(
@@ -392,6 +399,8 @@ struct Shared {
     gc_lock: i64,
     gc_grace: Duration,
     event_retention: usize,
+    /// See [`PostgresConfig::answer_within`].
+    answer_within: Duration,
 }
 
 impl Shared {
@@ -400,7 +409,7 @@ impl Shared {
     /// [`StoreError::Unavailable`].
     async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let wait = self.pool.timeouts().wait.unwrap_or(Duration::ZERO);
-        let deadline = wait + ANSWER_WITHIN;
+        let deadline = wait + self.answer_within;
         match tokio::time::timeout(deadline, self.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(deadpool_postgres::PoolError::Timeout(
@@ -482,8 +491,8 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(config.session_wait.max(Duration::from_millis(100))))
-            .create_timeout(Some(ANSWER_WITHIN))
-            .pre_recycle(check_idle_connection())
+            .create_timeout(Some(config.answer_within))
+            .pre_recycle(check_idle_connection(config.answer_within))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
@@ -504,6 +513,7 @@ impl PostgresStore {
             gc_lock: schema::lock_key("gc", &config.schema),
             gc_grace: config.gc_grace,
             event_retention: config.event_retention,
+            answer_within: config.answer_within,
         });
         let stop = CancellationToken::new();
         let ready = listener::start(shared.clone(), stop.clone());
@@ -640,14 +650,13 @@ impl Store for PostgresStore {
             client.simple_query("SELECT 1").await.map_err(pg_error)?;
             Ok::<_, StoreError>(())
         };
-        tokio::time::timeout(ANSWER_WITHIN, check)
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "postgres: no answer to a readiness check within {} s",
-                    ANSWER_WITHIN.as_secs()
-                ))
-            })??;
+        let within = self.shared.answer_within;
+        tokio::time::timeout(within, check).await.map_err(|_| {
+            StoreError::Unavailable(format!(
+                "postgres: no answer to a readiness check within {} ms",
+                within.as_millis()
+            ))
+        })??;
         self.shared.payloads.ping().await
     }
 
