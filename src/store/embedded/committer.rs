@@ -649,9 +649,21 @@ fn delete_range(
     let mut doomed = Vec::new();
     for entry in table.range(keys).map_err(engine)? {
         let (key, value) = entry.map_err(engine)?;
-        let record = record::decode(value.value())?;
-        if let Location::Segment { id, .. } = record.location {
-            *group.live_delta.entry(id).or_default() -= record.len as i64;
+        match record::decode(value.value()) {
+            Ok(record) => {
+                if let Location::Segment { id, .. } = record.location {
+                    *group.live_delta.entry(id).or_default() -= record.len as i64;
+                }
+            }
+            // A damaged grain can still be deleted, which is how a user gets rid of
+            // it; only the segment it may point into cannot be told it lost the bytes,
+            // so that segment is never reclaimed.
+            Err(e) => tracing::error!(
+                flow = %flow,
+                timestamp_ns = key.value().1,
+                error = %e,
+                "deleting a grain whose index record is damaged; its segment space is not reclaimed"
+            ),
         }
         doomed.push(key.value());
     }

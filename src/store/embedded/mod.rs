@@ -441,7 +441,7 @@ fn load_grain(
     raw: &[u8],
     with_payload: bool,
 ) -> Result<Grain, StoreError> {
-    let record = record::decode(raw)?;
+    let record = record::decode(raw).map_err(|e| at_grain(timestamp, e))?;
     let payload = if !with_payload {
         Bytes::new()
     } else {
@@ -460,6 +460,16 @@ fn load_grain(
         payload
     };
     record.grain(payload)
+}
+
+/// `e` naming the grain it concerns.
+fn at_grain(timestamp: Timestamp, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(what) => {
+            StoreError::Corrupt(format!("the grain at {timestamp}: {what}"))
+        }
+        e => e,
+    }
 }
 
 /// The flow's grain extent: first origin timestamp to the end of the last grain.
@@ -490,8 +500,16 @@ fn flow_timerange(
         }
     };
     let last = Timestamp::from_nanos(last_key.value().1).map_err(corrupt)?;
-    let record = record::decode(last_value.value())?;
-    Ok(match record.end.map(Timestamp::from_nanos) {
+    // A damaged last record fails its own reads, not the flow's: without its duration
+    // the range ends at its timestamp, inclusively.
+    let end = match record::decode(last_value.value()) {
+        Ok(record) => record.end,
+        Err(e) => {
+            tracing::error!(flow = %uuid::Uuid::from_u128(flow), error = %at_grain(last, e), "flow timerange without the last grain's duration");
+            None
+        }
+    };
+    Ok(match end.map(Timestamp::from_nanos) {
         Some(Ok(end)) if end > last => {
             TimeRange::new(Bound::Inclusive(start), Bound::Exclusive(end))
         }
