@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use super::metrics::Metrics;
 use crate::grain::Grain;
 use crate::gsf::{GsfDateTime, GsfEncoder};
-use crate::store::{FlowId, StoreError};
+use crate::store::{FlowId, GsfPage, StoreError};
 
 /// Pieces smaller than this are copied into the coalescing buffer.
 const SMALL: usize = 16 << 10;
@@ -112,6 +112,17 @@ where
     }
 }
 
+/// What frames a GSF stream of `flow`'s grains: the local id of its one segment, the
+/// file's start (header and `head`) and its terminator.
+pub fn gsf_frame(flow: FlowId) -> Result<(u16, Bytes, Bytes), StoreError> {
+    let mut encoder = GsfEncoder::new(uuid::Uuid::new_v4(), GsfDateTime::now());
+    let encoding_error =
+        |e: crate::gsf::GsfError| StoreError::Unavailable(format!("gsf encoding: {e}"));
+    let local_id = encoder.add_flow_segment(flow).map_err(encoding_error)?;
+    let start = encoder.start().map_err(encoding_error)?;
+    Ok((local_id, start, encoder.finish()))
+}
+
 /// A GSF file of `flow`'s grains: head, grains, terminator.
 pub fn gsf_body<S>(
     flow: FlowId,
@@ -121,12 +132,7 @@ pub fn gsf_body<S>(
 where
     S: Stream<Item = Result<Grain, StoreError>> + Send + Unpin + 'static,
 {
-    let mut encoder = GsfEncoder::new(uuid::Uuid::new_v4(), GsfDateTime::now());
-    let encoding_error =
-        |e: crate::gsf::GsfError| StoreError::Unavailable(format!("gsf encoding: {e}"));
-    let local_id = encoder.add_flow_segment(flow).map_err(encoding_error)?;
-    let start = encoder.start().map_err(encoding_error)?;
-    let end = encoder.finish();
+    let (local_id, start, end) = gsf_frame(flow)?;
     let counter = metrics.clone();
     let grains = grains.map(move |grain| {
         let grain = grain?;
@@ -134,10 +140,43 @@ where
         let chunks = crate::gsf::encode_grain(local_id, &grain);
         Ok(vec![chunks.header, chunks.payload])
     });
+    Ok(framed(start, grains, end, metrics))
+}
+
+/// A GSF file of grain blocks that a read session builds a page at a time
+/// ([`crate::store::ReadSession::gsf_pages`], with the local id of [`gsf_frame`]).
+pub fn gsf_pages_body<S>(
+    start: Bytes,
+    pages: S,
+    end: Bytes,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static
+where
+    S: Stream<Item = Result<GsfPage, StoreError>> + Send + Unpin + 'static,
+{
+    let counter = metrics.clone();
+    let pages = pages.map(move |page| {
+        let page = page?;
+        counter.add_grains_read(page.grains as u64);
+        Ok(page.pieces)
+    });
+    framed(start, pages, end, metrics)
+}
+
+/// `start`, the pieces of `body`, `end`, coalesced.
+fn framed<S>(
+    start: Bytes,
+    body: S,
+    end: Bytes,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static
+where
+    S: Stream<Item = Result<Vec<Bytes>, StoreError>> + Send + Unpin + 'static,
+{
     let pieces = futures::stream::once(async move { Ok(vec![start]) })
-        .chain(grains)
+        .chain(body)
         .chain(futures::stream::once(async move { Ok(vec![end]) }));
-    Ok(Coalesce::new(Box::pin(pieces), metrics))
+    Coalesce::new(Box::pin(pieces), metrics)
 }
 
 /// NDJSON: one JSON grain per line.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 
-use super::body::{gsf_body, ndjson_body};
+use super::body::{gsf_body, gsf_frame, gsf_pages_body, ndjson_body};
 use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
     GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
@@ -94,6 +94,33 @@ pub async fn read(
     };
     // GSF always carries payloads: `payload=none` shapes the JSON forms only.
     let with_payload = with_payload || media == GrainMedia::Gsf;
+    if media == GrainMedia::Gsf && !follow {
+        // Grain blocks built by the store a page at a time, without a `Grain` each.
+        let (local_id, start, end) = gsf_frame(flow)?;
+        let pages = session
+            .gsf_pages(
+                GrainQuery {
+                    range,
+                    order,
+                    count,
+                    with_payload,
+                },
+                local_id,
+            )
+            .inspect(move |item| {
+                if let Err(e) = item {
+                    tracing::error!(flow_id = %flow, error = %e, "grain stream failed; the response is cut short");
+                }
+            });
+        // The body owns the page stream, which owns the session.
+        drop(session);
+        let body = gsf_pages_body(start, pages, end, state.metrics.clone());
+        return Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static(media.mime()))],
+            Body::from_stream(body),
+        )
+            .into_response());
+    }
     let grains: futures::stream::BoxStream<'static, Result<Grain, StoreError>> = if follow {
         drop(session);
         follow_stream(&state, flow, range, count, with_payload)?

@@ -637,6 +637,33 @@ impl GrainHeader {
     }
 }
 
+/// The `gbhd` block inside a header's storage form ([`Grain::encode_header`]), as it was
+/// written: what a GSF encoder writes for that grain, so that a store can send a grain
+/// as GSF without decoding its header. `None` when the bytes are not a storage form of
+/// this version.
+pub(crate) fn stored_gbhd(storage: &[u8]) -> Option<&[u8]> {
+    let [version, flags, _extensions, rest @ ..] = storage else {
+        return None;
+    };
+    if *version != STORAGE_VERSION || flags & !HAS_CREATION != 0 {
+        return None;
+    }
+    // A creation timestamp: sign, 48-bit seconds, 32-bit nanoseconds.
+    let rest = if flags & HAS_CREATION != 0 {
+        rest.get(11..)?
+    } else {
+        rest
+    };
+    if rest.get(..4)? != b"gbhd" {
+        return None;
+    }
+    let size = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
+    if size < 78 {
+        return None;
+    }
+    rest.get(..size)
+}
+
 fn decode_storage(bytes: &[u8]) -> Result<GrainHeader, WireError> {
     let mut r = Reader::new(bytes, 0);
     let version = r.u8("storage header version")?;

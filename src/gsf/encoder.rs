@@ -5,7 +5,7 @@
 //! block per grain, then the terminator. Each grain becomes two chunks — a small header
 //! chunk and the payload `Bytes` itself — so payloads are never copied.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::GsfError;
@@ -183,22 +183,148 @@ pub fn encode_grain(local_id: u16, grain: &Grain) -> GrainChunks {
     let header = grain.header();
     let gbhd = gbhd_size(header);
     let payload = grain.payload().clone();
-    let mut out = Vec::with_capacity(10 + gbhd + 8);
-    out.extend_from_slice(b"grai");
-    // Grain::new bounds payload and header sizes so that this fits in a u32.
-    let size = 10 + gbhd + 8 + payload.len();
-    out.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&local_id.to_le_bytes());
+    let mut out = Vec::with_capacity(GRAIN_FRAMING + gbhd);
+    put_grai_start(&mut out, local_id, gbhd, payload.len());
     write_gbhd(header, &mut out);
-    out.extend_from_slice(b"grdt");
-    out.extend_from_slice(
-        &u32::try_from(8 + payload.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
+    put_grdt_start(&mut out, payload.len());
     GrainChunks {
         header: Bytes::from(out),
         payload,
+    }
+}
+
+/// The bytes of a grain block besides its `gbhd` block and payload: `grai` with its
+/// size and the local id, and the `grdt` block's tag and size.
+const GRAIN_FRAMING: usize = 10 + 8;
+
+/// Appends the start of a `grai` block: its tag and size (from the sizes of the `gbhd`
+/// block and the payload that will follow) and the segment's local id.
+fn put_grai_start(out: &mut impl BufMut, local_id: u16, gbhd_len: usize, payload_len: usize) {
+    out.put_slice(b"grai");
+    // Grain::new bounds payload and header sizes so that this fits in a u32.
+    let size = GRAIN_FRAMING + gbhd_len + payload_len;
+    out.put_u32_le(u32::try_from(size).unwrap_or(u32::MAX));
+    out.put_u16_le(local_id);
+}
+
+/// Appends the tag and size of a `grdt` block whose payload follows.
+fn put_grdt_start(out: &mut impl BufMut, payload_len: usize) {
+    out.put_slice(b"grdt");
+    out.put_u32_le(u32::try_from(8 + payload_len).unwrap_or(u32::MAX));
+}
+
+/// Grain blocks of one segment gathered into a few chunks, for a store that reads a
+/// page of grains at a time: each grain's framing, its `gbhd` block and its payload
+/// (when smaller than [`GsfBlocks::COPY_BELOW`]) are copied into shared chunks, larger
+/// payloads are kept as the `Bytes` they came in. The output is byte for byte what
+/// [`encode_grain`] gives for the same grains.
+#[derive(Debug)]
+pub struct GsfBlocks {
+    local_id: u16,
+    chunk: BytesMut,
+    pieces: Vec<Bytes>,
+    grains: usize,
+    bytes: usize,
+}
+
+impl GsfBlocks {
+    /// Payloads smaller than this are copied into the shared chunk.
+    pub const COPY_BELOW: usize = 16 << 10;
+    /// A shared chunk is closed once it reaches this size.
+    const CHUNK: usize = 64 << 10;
+
+    /// Empty, for grains of segment `local_id`.
+    pub fn new(local_id: u16) -> GsfBlocks {
+        GsfBlocks {
+            local_id,
+            chunk: BytesMut::new(),
+            pieces: Vec::new(),
+            grains: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds a grain.
+    pub fn push(&mut self, grain: &Grain) {
+        let mut gbhd = Vec::with_capacity(gbhd_size(grain.header()));
+        write_gbhd(grain.header(), &mut gbhd);
+        self.push_encoded(
+            &gbhd,
+            grain.payload().len(),
+            |out| out.put_slice(grain.payload()),
+            || grain.payload().clone(),
+        );
+    }
+
+    /// Adds a grain whose `gbhd` block is already encoded (a store keeps it so) and
+    /// whose payload is in memory as a slice.
+    pub fn push_parts(&mut self, gbhd: &[u8], payload: &[u8]) {
+        self.push_encoded(
+            gbhd,
+            payload.len(),
+            |out| out.put_slice(payload),
+            || Bytes::copy_from_slice(payload),
+        );
+    }
+
+    /// Adds a grain whose `gbhd` block is already encoded and whose payload is `Bytes`
+    /// of its own (kept as they are when large).
+    pub fn push_shared(&mut self, gbhd: &[u8], payload: Bytes) {
+        let len = payload.len();
+        let copy = payload.clone();
+        self.push_encoded(gbhd, len, |out| out.put_slice(&copy), move || payload);
+    }
+
+    fn push_encoded(
+        &mut self,
+        gbhd: &[u8],
+        payload_len: usize,
+        copy: impl FnOnce(&mut BytesMut),
+        keep: impl FnOnce() -> Bytes,
+    ) {
+        if self.chunk.len() >= Self::CHUNK {
+            self.close_chunk();
+        }
+        self.chunk
+            .reserve((GRAIN_FRAMING + gbhd.len() + payload_len).max(Self::CHUNK));
+        put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload_len);
+        self.chunk.put_slice(gbhd);
+        put_grdt_start(&mut self.chunk, payload_len);
+        if payload_len < Self::COPY_BELOW {
+            copy(&mut self.chunk);
+        } else {
+            self.close_chunk();
+            self.pieces.push(keep());
+        }
+        self.grains += 1;
+        self.bytes += GRAIN_FRAMING + gbhd.len() + payload_len;
+    }
+
+    fn close_chunk(&mut self) {
+        if !self.chunk.is_empty() {
+            self.pieces.push(self.chunk.split().freeze());
+        }
+    }
+
+    /// How many grains were added.
+    pub fn grains(&self) -> usize {
+        self.grains
+    }
+
+    /// How many bytes the blocks added so far take.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether no grain was added.
+    pub fn is_empty(&self) -> bool {
+        self.grains == 0
+    }
+
+    /// The blocks, in order.
+    pub fn finish(mut self) -> Vec<Bytes> {
+        self.close_chunk();
+        self.pieces
     }
 }
 

@@ -15,7 +15,7 @@ mod encoder;
 mod head;
 
 pub use decoder::{DEFAULT_MAX_GRAIN_SIZE, DEFAULT_MAX_HEAD_SIZE, GsfDecoder, GsfEvent};
-pub use encoder::{GrainChunks, GsfEncoder, encode_file, encode_grain};
+pub use encoder::{GrainChunks, GsfBlocks, GsfEncoder, encode_file, encode_grain};
 pub use head::{GsfDateTime, GsfFlow, GsfHead, GsfSegment, GsfTag};
 
 use crate::grain::GrainError;

@@ -52,6 +52,14 @@
 //! a flow's live subscribers have just been told of.
 //! Segments emptied by deletes are unlinked once no snapshot that could read them is
 //! open ([`segments::Reclaimer`]).
+//!
+//! A GSF range read does not rebuild grains: each record keeps its header's GSF `gbhd`
+//! block as written, so a page of GSF grain blocks is the stored `gbhd` bytes and
+//! payloads copied into shared chunks (large payloads passed on as read), without a
+//! header decode or an allocation per grain. Range reads of 200-byte grains over HTTP
+//! went from 1.57-1.59 to 0.86-0.89 server CPU-s per million grains with it
+//! (`GS_COMPARE_WORKLOADS=read-small GS_COMPARE_READS=100 cargo bench --bench compare`,
+//! before and after in one session).
 
 mod committer;
 mod recent;
@@ -69,9 +77,9 @@ use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
 
 use super::{
-    BatchResult, CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, Notifier,
-    Order, Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool, Snapshot,
-    Source, SourceFilter, SourceId, Store, StoreError, WriteSession,
+    BatchResult, CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, GsfPage,
+    Notifier, Order, Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool,
+    Snapshot, Source, SourceFilter, SourceId, Store, StoreError, WriteSession,
 };
 use crate::grain::Grain;
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -442,24 +450,33 @@ fn load_grain(
     with_payload: bool,
 ) -> Result<Grain, StoreError> {
     let record = record::decode(raw).map_err(|e| at_grain(timestamp, e))?;
-    let payload = if !with_payload {
-        Bytes::new()
+    let payload = if with_payload {
+        load_payload(shared, timestamp, &record)?
     } else {
-        let payload = match record.location {
-            Location::Inline => Bytes::copy_from_slice(record.inline),
-            Location::Segment { id, offset } => {
-                let len = usize::try_from(record.len).map_err(corrupt)?;
-                shared.segments.read(id, offset, len).map_err(|e| {
-                    StoreError::Corrupt(format!(
-                        "payload of the grain at {timestamp} unreadable from segment {id}: {e}"
-                    ))
-                })?
-            }
-        };
-        record.verify(&payload, timestamp)?;
-        payload
+        Bytes::new()
     };
     record.grain(payload)
+}
+
+/// A stored grain's payload, from its record or its segment, checked.
+fn load_payload(
+    shared: &Shared,
+    timestamp: Timestamp,
+    record: &record::Record<'_>,
+) -> Result<Bytes, StoreError> {
+    let payload = match record.location {
+        Location::Inline => Bytes::copy_from_slice(record.inline),
+        Location::Segment { id, offset } => {
+            let len = usize::try_from(record.len).map_err(corrupt)?;
+            shared.segments.read(id, offset, len).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "payload of the grain at {timestamp} unreadable from segment {id}: {e}"
+                ))
+            })?
+        }
+    };
+    record.verify(&payload, timestamp)?;
+    Ok(payload)
 }
 
 /// `e` naming the grain it concerns.
@@ -621,6 +638,89 @@ impl Snapshot for EmbeddedSnapshot {
             Ok(grains)
         })
         .await
+    }
+
+    /// Builds the blocks from the stored records: each header's `gbhd` block is kept as
+    /// written, so no header is decoded and small payloads are copied once, from the
+    /// index page into the shared chunk.
+    async fn gsf_page(
+        &self,
+        range: TimeRange,
+        order: Order,
+        resume: Option<Timestamp>,
+        limit: PageLimit,
+        local_id: u16,
+    ) -> Result<GsfPage, StoreError> {
+        let flow = self.flow;
+        self.blocking(move |s, txn| {
+            let mut blocks = crate::gsf::GsfBlocks::new(local_id);
+            let mut last = None;
+            let page = |blocks: crate::gsf::GsfBlocks, last| GsfPage {
+                grains: blocks.grains(),
+                last,
+                pieces: blocks.finish(),
+            };
+            let Some(keys) = key_range(flow, &range, order, resume) else {
+                return Ok(page(blocks, last));
+            };
+            let table = txn.open_table(GRAINS).map_err(engine)?;
+            let iter = table.range(keys).map_err(engine)?;
+            let entries: Box<dyn Iterator<Item = _>> = match order {
+                Order::Ascending => Box::new(iter),
+                Order::Descending => Box::new(iter.rev()),
+            };
+            let mut payload_bytes = 0usize;
+            for entry in entries {
+                let added = entry.map_err(engine).and_then(|(key, value)| {
+                    let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
+                    let len = add_gsf_block(s, &mut blocks, timestamp, value.value())?;
+                    Ok((timestamp, len))
+                });
+                match added {
+                    Ok((timestamp, len)) => {
+                        last = Some(timestamp);
+                        payload_bytes += len;
+                        if blocks.grains() >= limit.grains || payload_bytes >= limit.bytes {
+                            break;
+                        }
+                    }
+                    // As `page`: the good grains first, the error on the next page.
+                    Err(_) if !blocks.is_empty() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(page(blocks, last))
+        })
+        .await
+    }
+}
+
+/// Adds the stored grain `raw` to `blocks`, its payload read and checked; returns the
+/// payload's length.
+fn add_gsf_block(
+    shared: &Shared,
+    blocks: &mut crate::gsf::GsfBlocks,
+    timestamp: Timestamp,
+    raw: &[u8],
+) -> Result<usize, StoreError> {
+    let record = record::decode(raw).map_err(|e| at_grain(timestamp, e))?;
+    let gbhd = crate::grain::wire::stored_gbhd(record.header).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "the grain at {timestamp}: grain index record: header in an unknown form"
+        ))
+    })?;
+    match record.location {
+        Location::Inline => {
+            record.verify(record.inline, timestamp)?;
+            blocks.push_parts(gbhd, record.inline);
+            Ok(record.inline.len())
+        }
+        Location::Segment { .. } => {
+            let payload = load_payload(shared, timestamp, &record)?;
+            let len = payload.len();
+            blocks.push_shared(gbhd, payload);
+            Ok(len)
+        }
     }
 }
 
