@@ -9,8 +9,10 @@ use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::tokio_postgres::types::ToSql;
 
 use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error, split};
+use crate::grain::wire::stored_gbhd;
 use crate::grain::{Grain, GrainHeader};
-use crate::store::{FlowId, Order, PageLimit, Snapshot, StoreError};
+use crate::gsf::GsfBlocks;
+use crate::store::{FlowId, GsfPage, Order, PageLimit, Snapshot, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
 
 /// The columns of a grain row, in the order [`StoredGrain::from_row`] reads them; the
@@ -66,14 +68,20 @@ impl StoredGrain {
         })
     }
 
-    /// The grain rebuilt from its header and `payload`, which is checked first.
-    pub fn grain(&self, payload: Bytes) -> Result<Grain, StoreError> {
-        if payload.len() as u64 != self.len || crc32c::crc32c(&payload) != self.crc {
+    /// Checks `payload` against the stored length and checksum.
+    pub fn verify(&self, payload: &[u8]) -> Result<(), StoreError> {
+        if payload.len() as u64 != self.len || crc32c::crc32c(payload) != self.crc {
             return Err(StoreError::Corrupt(format!(
                 "payload of the grain at {} fails its checksum",
                 self.timestamp
             )));
         }
+        Ok(())
+    }
+
+    /// The grain rebuilt from its header and `payload`, which is checked first.
+    pub fn grain(&self, payload: Bytes) -> Result<Grain, StoreError> {
+        self.verify(&payload)?;
         let header = GrainHeader::decode(&self.header).map_err(|e| {
             StoreError::Corrupt(format!("header of the grain at {}: {e}", self.timestamp))
         })?;
@@ -97,6 +105,20 @@ pub async fn load(
     shared: &Shared,
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Grain, StoreError>>, StoreError> {
+    let payloads = load_payloads(shared, stored).await?;
+    Ok(stored
+        .iter()
+        .zip(payloads)
+        .map(|(s, payload)| payload.and_then(|p| s.grain(p)))
+        .collect())
+}
+
+/// The payloads of `stored`, inline or fetched from their objects, not yet checked;
+/// each grain's own failure (a missing object) is its own result.
+async fn load_payloads(
+    shared: &Shared,
+    stored: &[StoredGrain],
+) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
     let wanted: Vec<(&str, std::ops::Range<u64>)> = stored
         .iter()
         .filter_map(|s| {
@@ -106,9 +128,9 @@ pub async fn load(
         })
         .collect();
     let mut fetched = shared.payloads.fetch(&wanted).await?.into_iter();
-    let mut out = Vec::with_capacity(stored.len());
-    for s in stored {
-        let payload = match (&s.object, &s.inline) {
+    Ok(stored
+        .iter()
+        .map(|s| match (&s.object, &s.inline) {
             (Some(_), _) => fetched
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
@@ -117,10 +139,8 @@ pub async fn load(
                 "the grain at {} has no payload",
                 s.timestamp
             ))),
-        };
-        out.push(payload.and_then(|p| s.grain(p)));
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The snapshot of one flow.
@@ -287,6 +307,77 @@ impl Snapshot for PgSnapshot {
         limit: PageLimit,
         with_payload: bool,
     ) -> Result<Vec<Grain>, StoreError> {
+        let stored = self
+            .stored_page(range, order, resume, limit, with_payload)
+            .await?;
+        if !with_payload {
+            return stored.iter().map(StoredGrain::bare).collect();
+        }
+        let mut grains = Vec::with_capacity(stored.len());
+        for loaded in load(&self.shared, &stored).await? {
+            match loaded {
+                Ok(grain) => grains.push(grain),
+                // Hand out the good grains before a failing one: the next page starts
+                // at it and reports the error.
+                Err(_) if !grains.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(grains)
+    }
+
+    /// The rows' headers hold the grains' GSF `gbhd` blocks as written: the blocks are
+    /// built from them and the payloads without rebuilding a grain.
+    async fn gsf_page(
+        &self,
+        range: TimeRange,
+        order: Order,
+        resume: Option<Timestamp>,
+        limit: PageLimit,
+        local_id: u16,
+    ) -> Result<GsfPage, StoreError> {
+        let stored = self.stored_page(range, order, resume, limit, true).await?;
+        let payloads = load_payloads(&self.shared, &stored).await?;
+        let mut blocks = GsfBlocks::new(local_id);
+        let mut last = None;
+        for (s, payload) in stored.iter().zip(payloads) {
+            let added = payload.and_then(|payload| {
+                s.verify(&payload)?;
+                let gbhd = stored_gbhd(&s.header).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "header of the grain at {}: not a stored header",
+                        s.timestamp
+                    ))
+                })?;
+                blocks.push_shared(gbhd, payload);
+                Ok(())
+            });
+            match added {
+                Ok(()) => last = Some(s.timestamp),
+                // As `page`: the good grains first, the error on the next page.
+                Err(_) if !blocks.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(GsfPage {
+            grains: blocks.grains(),
+            last,
+            pieces: blocks.finish(),
+        })
+    }
+}
+
+impl PgSnapshot {
+    /// The rows of the next page, cut at the byte limit (counting payloads only when
+    /// `with_payload`), nothing fetched yet.
+    async fn stored_page(
+        &self,
+        range: TimeRange,
+        order: Order,
+        resume: Option<Timestamp>,
+        limit: PageLimit,
+        with_payload: bool,
+    ) -> Result<Vec<StoredGrain>, StoreError> {
         let Some((mut lo, mut hi)) = range.bounds() else {
             return Ok(Vec::new());
         };
@@ -333,19 +424,6 @@ impl Snapshot for PgSnapshot {
                 break;
             }
         }
-        if !with_payload {
-            return stored.iter().map(StoredGrain::bare).collect();
-        }
-        let mut grains = Vec::with_capacity(stored.len());
-        for loaded in load(&self.shared, &stored).await? {
-            match loaded {
-                Ok(grain) => grains.push(grain),
-                // Hand out the good grains before a failing one: the next page starts
-                // at it and reports the error.
-                Err(_) if !grains.is_empty() => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(grains)
+        Ok(stored)
     }
 }
