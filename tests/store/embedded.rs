@@ -118,6 +118,25 @@ async fn corrupt_segment_byte_fails_the_read() {
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_creation_cut_short_is_started_again() {
+    // What a process killed while redb was writing a new index leaves: the file under
+    // its temporary name, half written.
+    let dir = TempDir::new().unwrap();
+    let leftover = dir.path().join("index.redb.new");
+    std::fs::write(&leftover, b"redb\x1a\x0a\xa9\x0d\x0a half a header").unwrap();
+    let store = open(configured(dir.path(), StoreSetup::default())).await;
+    assert!(!leftover.exists(), "the leftover is removed");
+    let flow = create(&store, video_flow()).await;
+    let sent = vec![frame(&flow, secs(0), 100, 1)];
+    write(&store, flow.id, sent.clone()).await.unwrap();
+    drop(store);
+    let store = open(configured(dir.path(), StoreSetup::default())).await;
+    let got = read_all(&store, flow.id).await;
+    assert_eq!(got.len(), 1);
+    assert_stored(&got[0], &sent[0]);
+}
+
 /// Rewrites the index record of `flow`'s grain at `at`, with `damage` applied, through
 /// redb itself: its pages stay valid, so this is damage that redb's page checksums do
 /// not catch (a bit flipped in memory before a write, or on disk while the store runs).

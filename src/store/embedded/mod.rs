@@ -330,6 +330,9 @@ impl EmbeddedStore {
 /// grains. So an open that redb did not repair walks the whole index once (as its repair
 /// does), and a damaged index stops the start with an error naming the file.
 fn open_index(path: &std::path::Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    if !path.exists() {
+        create_index(path)?;
+    }
     let damaged = |e: &dyn std::fmt::Display| {
         StoreError::Corrupt(format!(
             "index {} is damaged ({e}); restore the data directory from a backup",
@@ -370,6 +373,37 @@ fn open_index(path: &std::path::Path, cache_bytes: usize) -> Result<Database, St
         }
     }
     Ok(db)
+}
+
+/// Creates an empty index at `path`, whole or not at all: redb writes a new file in
+/// several steps, and a process killed between them leaves a file that no longer opens
+/// ("invalid data") in a store that never held anything. So the file is made under
+/// another name and renamed into place once redb has written and synced it; what a kill
+/// leaves under the other name is removed by the next attempt.
+fn create_index(path: &std::path::Path) -> Result<(), StoreError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        StoreError::Unavailable(format!("index {}: {e}", path.display()))
+    };
+    let fresh = path.with_extension("redb.new");
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {
+            tracing::warn!(file = %fresh.display(), "removed an index whose creation was cut short")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unavailable(&e)),
+    }
+    drop(Database::create(&fresh).map_err(|e| unavailable(&e))?);
+    std::fs::File::open(&fresh)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| std::fs::rename(&fresh, path))
+        .map_err(|e| unavailable(&e))?;
+    // The rename itself must survive a power loss.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| unavailable(&e))?;
+    }
+    Ok(())
 }
 
 fn read_flow(txn: &ReadTransaction, id: u128) -> Result<Option<Flow>, StoreError> {
