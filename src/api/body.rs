@@ -155,12 +155,19 @@ where
     S: Stream<Item = Result<GsfPage, StoreError>> + Send + Unpin + 'static,
 {
     let counter = metrics.clone();
-    let pages = pages.map(move |page| {
-        let page = page?;
-        counter.add_grains_read(page.grains as u64);
-        Ok(page.pieces)
-    });
-    framed(start, pages, end, metrics)
+    // One piece per item: `Coalesce` passes a large piece on as it is only when it is
+    // the one large piece of its item.
+    let pieces = pages
+        .map(move |page| match page {
+            Ok(page) => {
+                counter.add_grains_read(page.grains as u64);
+                futures::stream::iter(page.pieces.into_iter().map(|piece| Ok(vec![piece])))
+                    .left_stream()
+            }
+            Err(e) => futures::stream::iter([Err(e)]).right_stream(),
+        })
+        .flatten();
+    framed(start, pieces, end, metrics)
 }
 
 /// `start`, the pieces of `body`, `end`, coalesced.
