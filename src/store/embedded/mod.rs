@@ -33,7 +33,9 @@
 //! payloads, `fdatasync`s the segment, commits the index (redb fsyncs), and only then
 //! answers them all: concurrent writers share one pair of syncs (group commit). A crash
 //! before the index commit leaves bytes past a segment's recorded length; opening the
-//! store cuts them off.
+//! store cuts them off. A new index is created under a temporary name and renamed into
+//! place once written, so a crash during a store's very first start leaves nothing
+//! that fails to open.
 //!
 //! # Reads
 //!
