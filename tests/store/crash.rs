@@ -246,8 +246,14 @@ fn acknowledged_grains_survive_sigkill() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the writer");
-        // The writer needs a moment to open the store; then kill it anywhere.
-        std::thread::sleep(Duration::from_millis(rng.below(20, 600)));
+        // The writer needs a moment to open the store; then kill it anywhere. The first
+        // round often kills it while it is still creating the store's files.
+        let delay = if rounds == 0 {
+            rng.below(1, 60)
+        } else {
+            rng.below(20, 600)
+        };
+        std::thread::sleep(Duration::from_millis(delay));
         match child.try_wait().unwrap() {
             // It stops by itself only after the last index, or when it failed.
             Some(status) => {
