@@ -181,11 +181,10 @@ pub trait Snapshot: Send + Sync + 'static {
         for grain in &grains {
             blocks.push(grain);
         }
-        Ok(GsfPage {
-            grains: blocks.grains(),
-            last: grains.last().map(Grain::origin_timestamp),
-            pieces: blocks.finish(),
-        })
+        Ok(GsfPage::new(
+            blocks,
+            grains.last().map(Grain::origin_timestamp),
+        ))
     }
 }
 
@@ -198,6 +197,17 @@ pub struct GsfPage {
     pub grains: usize,
     /// The origin timestamp of the last of them, where the next page resumes.
     pub last: Option<Timestamp>,
+}
+
+impl GsfPage {
+    /// The page of `blocks`, whose last grain is at `last`.
+    pub fn new(blocks: crate::gsf::GsfBlocks, last: Option<Timestamp>) -> GsfPage {
+        GsfPage {
+            grains: blocks.grains(),
+            last,
+            pieces: blocks.finish(),
+        }
+    }
 }
 
 /// What committing a batch did.

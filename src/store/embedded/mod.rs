@@ -691,13 +691,8 @@ impl Snapshot for EmbeddedSnapshot {
         self.blocking(move |s, txn| {
             let mut blocks = crate::gsf::GsfBlocks::new(local_id);
             let mut last = None;
-            let page = |blocks: crate::gsf::GsfBlocks, last| GsfPage {
-                grains: blocks.grains(),
-                last,
-                pieces: blocks.finish(),
-            };
             let Some(keys) = key_range(flow, &range, order, resume) else {
-                return Ok(page(blocks, last));
+                return Ok(GsfPage::new(blocks, last));
             };
             let table = txn.open_table(GRAINS).map_err(engine)?;
             let iter = table.range(keys).map_err(engine)?;
@@ -725,7 +720,7 @@ impl Snapshot for EmbeddedSnapshot {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(page(blocks, last))
+            Ok(GsfPage::new(blocks, last))
         })
         .await
     }

@@ -237,6 +237,15 @@ mod tests {
         out.split_off(3)
     }
 
+    /// A payload in the record and one in a segment.
+    const LOCATIONS: [Location; 2] = [
+        Location::Inline,
+        Location::Segment {
+            id: 3,
+            offset: 4096,
+        },
+    ];
+
     /// The same record as version 1 wrote it: no record checksum.
     fn as_version_1(record: &[u8], payload_len: usize) -> Vec<u8> {
         let checksum_at = record.len() - payload_len - 4;
@@ -249,13 +258,7 @@ mod tests {
     #[test]
     fn records_decode_to_what_was_encoded() {
         let g = grain(b"payload");
-        for location in [
-            Location::Inline,
-            Location::Segment {
-                id: 3,
-                offset: 4096,
-            },
-        ] {
+        for location in LOCATIONS {
             let bytes = encoded(&g, location);
             let record = decode(&bytes).unwrap();
             assert_eq!(record.location, location);
@@ -277,13 +280,7 @@ mod tests {
     #[test]
     fn any_damaged_byte_outside_the_payload_fails_the_record() {
         let g = grain(b"payload");
-        for location in [
-            Location::Inline,
-            Location::Segment {
-                id: 3,
-                offset: 4096,
-            },
-        ] {
+        for location in LOCATIONS {
             let bytes = encoded(&g, location);
             let payload_len = if location == Location::Inline { 7 } else { 0 };
             // The payload has a checksum of its own, checked by `verify`.
@@ -303,13 +300,7 @@ mod tests {
     #[test]
     fn a_record_turned_into_version_1_is_refused() {
         let g = grain(b"payload");
-        for location in [
-            Location::Inline,
-            Location::Segment {
-                id: 3,
-                offset: 4096,
-            },
-        ] {
+        for location in LOCATIONS {
             let mut bytes = encoded(&g, location);
             bytes[0] = VERSION_UNCHECKED;
             assert!(matches!(decode(&bytes), Err(StoreError::Corrupt(_))));

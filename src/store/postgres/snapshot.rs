@@ -359,11 +359,7 @@ impl Snapshot for PgSnapshot {
                 Err(e) => return Err(e),
             }
         }
-        Ok(GsfPage {
-            grains: blocks.grains(),
-            last,
-            pieces: blocks.finish(),
-        })
+        Ok(GsfPage::new(blocks, last))
     }
 }
 
