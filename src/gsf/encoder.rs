@@ -285,12 +285,17 @@ impl GsfBlocks {
         if self.chunk.len() >= Self::CHUNK {
             self.close_chunk();
         }
-        self.chunk
-            .reserve((GRAIN_FRAMING + gbhd.len() + payload_len).max(Self::CHUNK));
+        let copied = payload_len < Self::COPY_BELOW;
+        let needed = GRAIN_FRAMING + gbhd.len() + if copied { payload_len } else { 0 };
+        // A new chunk when this one is full: room for a whole chunk at once, not one
+        // grain at a time (and never for a payload that is not copied).
+        if self.chunk.capacity() - self.chunk.len() < needed {
+            self.chunk.reserve(needed.max(Self::CHUNK));
+        }
         put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload_len);
         self.chunk.put_slice(gbhd);
         put_grdt_start(&mut self.chunk, payload_len);
-        if payload_len < Self::COPY_BELOW {
+        if copied {
             copy(&mut self.chunk);
         } else {
             self.close_chunk();
