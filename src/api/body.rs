@@ -6,6 +6,7 @@
 //! could be reading it. Large payloads pass through as the `Bytes` the store produced,
 //! never copied.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,8 +28,9 @@ pub const COALESCE_BYTES: usize = 64 << 10;
 pub struct Coalesce<S> {
     inner: S,
     buffer: BytesMut,
-    /// A large piece waiting to go out after the buffer is flushed.
-    pending: Option<Bytes>,
+    /// Pieces waiting, in order, to go out as they are after the buffer is flushed: a
+    /// large piece and whatever came after it in the same item.
+    pending: VecDeque<Bytes>,
     done: bool,
     metrics: Arc<Metrics>,
 }
@@ -39,7 +41,7 @@ impl<S> Coalesce<S> {
         Coalesce {
             inner,
             buffer: BytesMut::new(),
-            pending: None,
+            pending: VecDeque::new(),
             done: false,
             metrics,
         }
@@ -61,8 +63,8 @@ where
         let this = &mut *self;
         loop {
             if this.buffer.is_empty() {
-                if let Some(big) = this.pending.take() {
-                    return this.emit(big);
+                if let Some(next) = this.pending.pop_front() {
+                    return this.emit(next);
                 }
             }
             if this.done {
@@ -72,25 +74,18 @@ where
                 let chunk = this.buffer.split().freeze();
                 return this.emit(chunk);
             }
-            if this.pending.is_some() || this.buffer.len() >= COALESCE_BYTES {
+            if !this.pending.is_empty() || this.buffer.len() >= COALESCE_BYTES {
                 let chunk = this.buffer.split().freeze();
                 return this.emit(chunk);
             }
             match this.inner.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(pieces))) => {
                     for piece in pieces {
-                        if piece.len() < SMALL && this.pending.is_none() {
+                        if piece.len() < SMALL && this.pending.is_empty() {
                             this.buffer.extend_from_slice(&piece);
-                        } else if this.pending.is_none() {
-                            this.pending = Some(piece);
                         } else {
-                            // Two large pieces in one item (a GSF header chunk is small,
-                            // so this is a payload after a payload): keep order by
-                            // copying the first into the buffer.
-                            if let Some(first) = this.pending.take() {
-                                this.buffer.extend_from_slice(&first);
-                            }
-                            this.pending = Some(piece);
+                            // Behind a large piece, everything keeps its place in line.
+                            this.pending.push_back(piece);
                         }
                     }
                 }
@@ -155,19 +150,12 @@ where
     S: Stream<Item = Result<GsfPage, StoreError>> + Send + Unpin + 'static,
 {
     let counter = metrics.clone();
-    // One piece per item: `Coalesce` passes a large piece on as it is only when it is
-    // the one large piece of its item.
-    let pieces = pages
-        .map(move |page| match page {
-            Ok(page) => {
-                counter.add_grains_read(page.grains as u64);
-                futures::stream::iter(page.pieces.into_iter().map(|piece| Ok(vec![piece])))
-                    .left_stream()
-            }
-            Err(e) => futures::stream::iter([Err(e)]).right_stream(),
-        })
-        .flatten();
-    framed(start, pieces, end, metrics)
+    let pages = pages.map(move |page| {
+        let page = page?;
+        counter.add_grains_read(page.grains as u64);
+        Ok(page.pieces)
+    });
+    framed(start, pages, end, metrics)
 }
 
 /// `start`, the pieces of `body`, `end`, coalesced.
@@ -204,4 +192,54 @@ where
         Ok(vec![Bytes::from(line)])
     });
     Coalesce::new(Box::pin(lines), metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(items: Vec<Vec<Bytes>>) -> Vec<Bytes> {
+        let inner = futures::stream::iter(items.into_iter().map(Ok::<_, StoreError>));
+        let coalesced = Coalesce::new(inner, Arc::new(Metrics::default()));
+        futures::executor::block_on(coalesced.map(|c| c.unwrap()).collect())
+    }
+
+    #[test]
+    fn large_pieces_pass_through_uncopied_and_in_order() {
+        let big = |b: u8| Bytes::from(vec![b; SMALL]);
+        let (a, b) = (big(1), big(2));
+        let out = pieces(vec![
+            vec![Bytes::from_static(b"head")],
+            vec![
+                Bytes::from_static(b"x"),
+                a.clone(),
+                Bytes::from_static(b"y"),
+                b.clone(),
+            ],
+            vec![Bytes::from_static(b"z")],
+        ]);
+        let joined: Vec<u8> = out.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut want = b"headx".to_vec();
+        want.extend_from_slice(&a);
+        want.push(b'y');
+        want.extend_from_slice(&b);
+        want.push(b'z');
+        assert_eq!(joined, want);
+        // Both large pieces went out as the very `Bytes` they came in.
+        for large in [&a, &b] {
+            assert!(
+                out.iter()
+                    .any(|c| c.as_ptr() == large.as_ptr() && c.len() == large.len())
+            );
+        }
+    }
+
+    #[test]
+    fn small_pieces_are_sent_together() {
+        let out = pieces(vec![
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            vec![Bytes::from_static(b"c")],
+        ]);
+        assert_eq!(out, vec![Bytes::from_static(b"abc")]);
+    }
 }

@@ -206,9 +206,13 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `gbhd` block without child blocks: tag and size, two ids, two timestamps, two
+/// rationals.
+const GBHD_FIXED: usize = 8 + 16 + 16 + 11 + 11 + 8 + 8;
+
 /// Size in bytes of the `gbhd` block GSF version 9 writes for `h`, its header included.
 pub(crate) fn gbhd_size(h: &GrainHeader) -> usize {
-    let mut size = 78;
+    let mut size = GBHD_FIXED;
     if !h.timelabels.is_empty() {
         size += 10 + 29 * h.timelabels.len();
     }
@@ -658,7 +662,7 @@ pub(crate) fn stored_gbhd(storage: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let size = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
-    if size < 78 {
+    if size < GBHD_FIXED {
         return None;
     }
     rest.get(..size)

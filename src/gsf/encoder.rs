@@ -224,7 +224,6 @@ pub struct GsfBlocks {
     chunk: BytesMut,
     pieces: Vec<Bytes>,
     grains: usize,
-    bytes: usize,
 }
 
 impl GsfBlocks {
@@ -240,7 +239,6 @@ impl GsfBlocks {
             chunk: BytesMut::new(),
             pieces: Vec::new(),
             grains: 0,
-            bytes: 0,
         }
     }
 
@@ -248,61 +246,33 @@ impl GsfBlocks {
     pub fn push(&mut self, grain: &Grain) {
         let mut gbhd = Vec::with_capacity(gbhd_size(grain.header()));
         write_gbhd(grain.header(), &mut gbhd);
-        self.push_encoded(
-            &gbhd,
-            grain.payload().len(),
-            |out| out.put_slice(grain.payload()),
-            || grain.payload().clone(),
-        );
+        self.push_parts(&gbhd, grain.payload(), || grain.payload().clone());
     }
 
-    /// Adds a grain whose `gbhd` block is already encoded (a store keeps it so) and
-    /// whose payload is in memory as a slice.
-    pub fn push_parts(&mut self, gbhd: &[u8], payload: &[u8]) {
-        self.push_encoded(
-            gbhd,
-            payload.len(),
-            |out| out.put_slice(payload),
-            || Bytes::copy_from_slice(payload),
-        );
-    }
-
-    /// Adds a grain whose `gbhd` block is already encoded and whose payload is `Bytes`
-    /// of its own (kept as they are when large).
-    pub fn push_shared(&mut self, gbhd: &[u8], payload: Bytes) {
-        let len = payload.len();
-        let copy = payload.clone();
-        self.push_encoded(gbhd, len, |out| out.put_slice(&copy), move || payload);
-    }
-
-    fn push_encoded(
-        &mut self,
-        gbhd: &[u8],
-        payload_len: usize,
-        copy: impl FnOnce(&mut BytesMut),
-        keep: impl FnOnce() -> Bytes,
-    ) {
+    /// Adds a grain whose `gbhd` block is already encoded (a store keeps it so):
+    /// `payload` is copied when small, else `shared` gives it as `Bytes` to pass on
+    /// (the payload's own, or a copy when it has none).
+    pub fn push_parts(&mut self, gbhd: &[u8], payload: &[u8], shared: impl FnOnce() -> Bytes) {
         if self.chunk.len() >= Self::CHUNK {
             self.close_chunk();
         }
-        let copied = payload_len < Self::COPY_BELOW;
-        let needed = GRAIN_FRAMING + gbhd.len() + if copied { payload_len } else { 0 };
+        let copied = payload.len() < Self::COPY_BELOW;
+        let needed = GRAIN_FRAMING + gbhd.len() + if copied { payload.len() } else { 0 };
         // A new chunk when this one is full: room for a whole chunk at once, not one
         // grain at a time (and never for a payload that is not copied).
         if self.chunk.capacity() - self.chunk.len() < needed {
             self.chunk.reserve(needed.max(Self::CHUNK));
         }
-        put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload_len);
+        put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload.len());
         self.chunk.put_slice(gbhd);
-        put_grdt_start(&mut self.chunk, payload_len);
+        put_grdt_start(&mut self.chunk, payload.len());
         if copied {
-            copy(&mut self.chunk);
+            self.chunk.put_slice(payload);
         } else {
             self.close_chunk();
-            self.pieces.push(keep());
+            self.pieces.push(shared());
         }
         self.grains += 1;
-        self.bytes += GRAIN_FRAMING + gbhd.len() + payload_len;
     }
 
     fn close_chunk(&mut self) {
@@ -314,11 +284,6 @@ impl GsfBlocks {
     /// How many grains were added.
     pub fn grains(&self) -> usize {
         self.grains
-    }
-
-    /// How many bytes the blocks added so far take.
-    pub fn len(&self) -> usize {
-        self.bytes
     }
 
     /// Whether no grain was added.

@@ -389,9 +389,7 @@ impl ReadSession {
             inner: Box::pin(stream),
         }
     }
-}
 
-impl ReadSession {
     /// The grains matching `query` as GSF grain blocks of segment `local_id`, a page at
     /// a time (payloads are always included: `query.with_payload` is not looked at).
     /// Like [`ReadSession::grains`], the stream owns a share of the session; a page that

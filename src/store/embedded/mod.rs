@@ -640,37 +640,13 @@ impl Snapshot for EmbeddedSnapshot {
     ) -> Result<Vec<Grain>, StoreError> {
         let flow = self.flow;
         self.blocking(move |s, txn| {
-            let Some(keys) = key_range(flow, &range, order, resume) else {
-                return Ok(Vec::new());
-            };
-            let table = txn.open_table(GRAINS).map_err(engine)?;
-            let iter = table.range(keys).map_err(engine)?;
             let mut grains = Vec::new();
-            let mut bytes = 0usize;
-            let entries: Box<dyn Iterator<Item = _>> = match order {
-                Order::Ascending => Box::new(iter),
-                Order::Descending => Box::new(iter.rev()),
-            };
-            for entry in entries {
-                let loaded = entry.map_err(engine).and_then(|(key, value)| {
-                    let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
-                    load_grain(s, timestamp, value.value(), with_payload)
-                });
-                match loaded {
-                    Ok(grain) => {
-                        bytes += grain.payload().len();
-                        grains.push(grain);
-                        if grains.len() >= limit.grains || bytes >= limit.bytes {
-                            break;
-                        }
-                    }
-                    // Hand out the good grains before a failing one: the next page
-                    // starts at it and reports the error, so a reader gets everything
-                    // up to the damage.
-                    Err(_) if !grains.is_empty() => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
+                let grain = load_grain(s, timestamp, raw, with_payload)?;
+                let len = grain.payload().len();
+                grains.push(grain);
+                Ok(len)
+            })?;
             Ok(grains)
         })
         .await
@@ -690,40 +666,58 @@ impl Snapshot for EmbeddedSnapshot {
         let flow = self.flow;
         self.blocking(move |s, txn| {
             let mut blocks = crate::gsf::GsfBlocks::new(local_id);
-            let mut last = None;
-            let Some(keys) = key_range(flow, &range, order, resume) else {
-                return Ok(GsfPage::new(blocks, last));
-            };
-            let table = txn.open_table(GRAINS).map_err(engine)?;
-            let iter = table.range(keys).map_err(engine)?;
-            let entries: Box<dyn Iterator<Item = _>> = match order {
-                Order::Ascending => Box::new(iter),
-                Order::Descending => Box::new(iter.rev()),
-            };
-            let mut payload_bytes = 0usize;
-            for entry in entries {
-                let added = entry.map_err(engine).and_then(|(key, value)| {
-                    let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
-                    let len = add_gsf_block(s, &mut blocks, timestamp, value.value())?;
-                    Ok((timestamp, len))
-                });
-                match added {
-                    Ok((timestamp, len)) => {
-                        last = Some(timestamp);
-                        payload_bytes += len;
-                        if blocks.grains() >= limit.grains || payload_bytes >= limit.bytes {
-                            break;
-                        }
-                    }
-                    // As `page`: the good grains first, the error on the next page.
-                    Err(_) if !blocks.is_empty() => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            let last = scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
+                add_gsf_block(s, &mut blocks, timestamp, raw)
+            })?;
             Ok(GsfPage::new(blocks, last))
         })
         .await
     }
+}
+
+/// Visits the stored grains of one page of `flow`: those of `range` in `order`, strictly
+/// after `resume`, up to `limit` (grains, and the payload bytes `visit` reports for
+/// each). A grain that fails after good ones ends the page before it: the next page
+/// starts at it and reports the error, so a reader gets everything up to the damage.
+/// Returns the last grain visited.
+fn scan_page(
+    txn: &ReadTransaction,
+    flow: u128,
+    range: &TimeRange,
+    order: Order,
+    resume: Option<Timestamp>,
+    limit: PageLimit,
+    mut visit: impl FnMut(Timestamp, &[u8]) -> Result<usize, StoreError>,
+) -> Result<Option<Timestamp>, StoreError> {
+    let Some(keys) = key_range(flow, range, order, resume) else {
+        return Ok(None);
+    };
+    let table = txn.open_table(GRAINS).map_err(engine)?;
+    let iter = table.range(keys).map_err(engine)?;
+    let entries: Box<dyn Iterator<Item = _>> = match order {
+        Order::Ascending => Box::new(iter),
+        Order::Descending => Box::new(iter.rev()),
+    };
+    let (mut grains, mut bytes, mut last) = (0usize, 0usize, None);
+    for entry in entries {
+        let visited = entry.map_err(engine).and_then(|(key, value)| {
+            let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
+            visit(timestamp, value.value()).map(|len| (timestamp, len))
+        });
+        match visited {
+            Ok((timestamp, len)) => {
+                last = Some(timestamp);
+                grains += 1;
+                bytes += len;
+                if grains >= limit.grains || bytes >= limit.bytes {
+                    break;
+                }
+            }
+            Err(_) if grains > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(last)
 }
 
 /// Adds the stored grain `raw` to `blocks`, its payload read and checked; returns the
@@ -743,14 +737,15 @@ fn add_gsf_block(
     match record.location {
         Location::Inline => {
             record.verify(record.inline, timestamp)?;
-            blocks.push_parts(gbhd, record.inline);
+            blocks.push_parts(gbhd, record.inline, || {
+                Bytes::copy_from_slice(record.inline)
+            });
             Ok(record.inline.len())
         }
         Location::Segment { .. } => {
             let payload = load_payload(shared, timestamp, &record)?;
-            let len = payload.len();
-            blocks.push_shared(gbhd, payload);
-            Ok(len)
+            blocks.push_parts(gbhd, &payload, || payload.clone());
+            Ok(payload.len())
         }
     }
 }

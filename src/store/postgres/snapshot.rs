@@ -349,7 +349,7 @@ impl Snapshot for PgSnapshot {
                         s.timestamp
                     ))
                 })?;
-                blocks.push_shared(gbhd, payload);
+                blocks.push_parts(gbhd, &payload, || payload.clone());
                 Ok(())
             });
             match added {
