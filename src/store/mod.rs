@@ -224,6 +224,13 @@ pub struct BatchOutcome {
 }
 
 impl BatchOutcome {
+    /// Counts a grain newly stored at `timestamp`.
+    pub(crate) fn note_written(&mut self, timestamp: Timestamp) {
+        self.written += 1;
+        self.first = Some(self.first.map_or(timestamp, |t| t.min(timestamp)));
+        self.last = Some(self.last.map_or(timestamp, |t| t.max(timestamp)));
+    }
+
     fn absorb(&mut self, other: BatchOutcome) {
         self.written += other.written;
         self.unchanged += other.unchanged;

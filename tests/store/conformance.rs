@@ -60,6 +60,7 @@ macro_rules! store_conformance {
             creation_timestamp_set_when_absent,
             flows_do_not_share_grains,
             gsf_pages_are_the_grains_encoded,
+            random_writes_and_deletes_match_a_model,
         ]);
     };
     (@tests $name:ident, $make:expr, #[$attr:meta], [$($test:ident),* $(,)?]) => {
@@ -1609,5 +1610,170 @@ pub async fn gsf_pages_are_the_grains_encoded(make: impl MakeStore) {
                 want.len()
             );
         }
+    }
+}
+
+/// A grain of the model test at `tick` (40 ms apart): small payloads kept in the index
+/// mostly, one in 25 large enough for a segment file.
+fn model_grain(flow: &grainstore::store::Flow, tick: u64, salt: u64) -> Grain {
+    let at = Timestamp::from_nanos(1_700_000_000_000_000_000 + tick as i128 * 40_000_000).unwrap();
+    let len = if (tick ^ salt) % 25 == 0 {
+        20_000
+    } else {
+        (tick % 7) as usize * 40 + 10
+    };
+    frame(flow, at, len, salt)
+}
+
+/// A bound of the model test's ranges, over its ticks.
+fn model_bound(rng: &mut SplitMix, ticks: u64) -> grainstore::time::Bound {
+    use grainstore::time::Bound;
+    let at = |t: u64| Timestamp::from_nanos(1_700_000_000_000_000_000 + t as i128 * 40_000_000);
+    match rng.below(0, 8) {
+        0 => Bound::Unbounded,
+        1..=3 => Bound::Inclusive(at(rng.below(0, ticks)).unwrap()),
+        _ => Bound::Exclusive(at(rng.below(0, ticks)).unwrap()),
+    }
+}
+
+/// Batches in time order, out of order, overlapping what is stored (identical and
+/// conflicting), range deletes cutting through what earlier batches stored, all checked
+/// against a model after every step: full reads, ranges in both orders with counts and
+/// small pages, single gets and the flow's timerange. (The embedded store keeps a batch's
+/// small grains together, and splits and rewrites those groups as later writes and
+/// deletes land among them.)
+pub async fn random_writes_and_deletes_match_a_model(make: impl MakeStore) {
+    use std::collections::BTreeMap;
+    const TICKS: u64 = 500;
+    let (store, _guard) = fresh(make).await;
+    let flow = create(&store, video_flow()).await;
+    let mut model: BTreeMap<u64, Grain> = BTreeMap::new();
+    let mut rng = SplitMix(0x6d6f_64656c);
+    for step in 0..60 {
+        if rng.below(0, 4) > 0 {
+            // A batch: a run of ticks with a stride, sometimes shuffled, sometimes with a
+            // stored grain re-sent or changed.
+            let n = rng.below(1, 150);
+            let stride = rng.below(1, 4);
+            let start = rng.below(0, TICKS);
+            let mut ticks: Vec<u64> = (0..n).map(|i| (start + i * stride) % TICKS).collect();
+            if rng.below(0, 4) == 0 {
+                for i in (1..ticks.len()).rev() {
+                    ticks.swap(i, rng.below(0, i as u64 + 1) as usize);
+                }
+            }
+            let mut batch: Vec<Grain> = ticks.iter().map(|&t| model_grain(&flow, t, 1)).collect();
+            if rng.below(0, 5) == 0 && !model.is_empty() {
+                let stored: Vec<u64> = model.keys().copied().collect();
+                let tick = stored[rng.below(0, stored.len() as u64) as usize];
+                let at = rng.below(0, batch.len() as u64 + 1) as usize;
+                batch.insert(at, model_grain(&flow, tick, 2));
+            }
+            // What the store must do: grains in order until the first conflict.
+            let mut want = model.clone();
+            let (mut written, mut unchanged, mut conflict) = (0u64, 0u64, None);
+            for grain in &batch {
+                let tick = ((grain.origin_timestamp().to_nanos() - 1_700_000_000_000_000_000)
+                    / 40_000_000) as u64;
+                match want.get(&tick) {
+                    Some(stored) if stored.same_identity(grain) => unchanged += 1,
+                    Some(_) => {
+                        conflict = Some(grain.origin_timestamp());
+                        break;
+                    }
+                    None => {
+                        want.insert(tick, grain.clone());
+                        written += 1;
+                    }
+                }
+            }
+            match (write(&store, flow.id, batch).await, conflict) {
+                (Ok(outcome), None) => {
+                    assert_eq!(
+                        (outcome.written, outcome.unchanged),
+                        (written, unchanged),
+                        "step {step}"
+                    )
+                }
+                (Err(StoreError::Conflict { timestamp, .. }), Some(at)) => {
+                    assert_eq!(timestamp, at, "step {step}")
+                }
+                (got, want) => panic!("step {step}: {got:?}, expected a conflict at {want:?}"),
+            }
+            model = want;
+        } else {
+            let range = TimeRange::new(model_bound(&mut rng, TICKS), model_bound(&mut rng, TICKS));
+            let doomed: Vec<u64> = model
+                .iter()
+                .filter(|(_, g)| range.contains(g.origin_timestamp()))
+                .map(|(t, _)| *t)
+                .collect();
+            let deleted = store.delete_grains(flow.id, &range).await.unwrap();
+            assert_eq!(deleted, doomed.len() as u64, "step {step}: delete {range}");
+            for tick in doomed {
+                model.remove(&tick);
+            }
+        }
+
+        let all = read_all(&store, flow.id).await;
+        let want: Vec<&Grain> = model.values().collect();
+        assert_eq!(all.len(), want.len(), "step {step}");
+        for (got, sent) in all.iter().zip(&want) {
+            assert_stored(got, sent);
+        }
+        let session = store
+            .open_read(flow.id)
+            .await
+            .unwrap()
+            .with_page_limit(page_of(rng.below(1, 20) as usize));
+        for _ in 0..4 {
+            let range = TimeRange::new(model_bound(&mut rng, TICKS), model_bound(&mut rng, TICKS));
+            let order = if rng.below(0, 2) == 0 {
+                Order::Ascending
+            } else {
+                Order::Descending
+            };
+            let count = (rng.below(0, 3) == 0).then(|| rng.below(1, 30));
+            let mut want: Vec<Timestamp> = model
+                .values()
+                .map(Grain::origin_timestamp)
+                .filter(|t| range.contains(*t))
+                .collect();
+            if order == Order::Descending {
+                want.reverse();
+            }
+            want.truncate(count.map_or(usize::MAX, |c| c as usize));
+            let got = collect(&session, query(range, order, count)).await.unwrap();
+            assert_eq!(
+                stamps(&got),
+                want,
+                "step {step}: {range} {order:?} {count:?}"
+            );
+        }
+        for _ in 0..6 {
+            let tick = rng.below(0, TICKS);
+            let at = model_grain(&flow, tick, 1).origin_timestamp();
+            let got = session.get(at, true).await.unwrap();
+            match (got, model.get(&tick)) {
+                (Some(got), Some(sent)) => assert_stored(&got, sent),
+                (None, None) => {}
+                (got, sent) => panic!(
+                    "step {step}: get at {at} gave {:?}, stored {:?}",
+                    got.map(|g| g.origin_timestamp()),
+                    sent.map(|g| g.origin_timestamp())
+                ),
+            }
+        }
+        let timerange = store.get_flow(flow.id).await.unwrap().unwrap().timerange;
+        let want = match (model.values().next(), model.values().next_back()) {
+            (Some(first), Some(last)) => TimeRange::new(
+                grainstore::time::Bound::Inclusive(first.origin_timestamp()),
+                grainstore::time::Bound::Exclusive(
+                    Timestamp::from_nanos(last.origin_timestamp().to_nanos() + 40_000_000).unwrap(),
+                ),
+            ),
+            _ => TimeRange::empty(),
+        };
+        assert_eq!(timerange, want, "step {step}");
     }
 }

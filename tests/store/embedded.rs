@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use grainstore::grain::Grain;
 use grainstore::store::embedded::{EmbeddedConfig, EmbeddedStore};
-use grainstore::store::{FlowFilter, GrainQuery, PageRequest, SourceFilter, Store, StoreError};
+use grainstore::store::{
+    FlowFilter, GrainQuery, Order, PageRequest, SourceFilter, Store, StoreError,
+};
 use grainstore::time::Timestamp;
 use redb::ReadableTable;
 use tempfile::TempDir;
@@ -137,26 +139,70 @@ async fn index_creation_cut_short_is_started_again() {
     assert_stored(&got[0], &sent[0]);
 }
 
-/// Rewrites the index record of `flow`'s grain at `at`, with `damage` applied, through
-/// redb itself: its pages stay valid, so this is damage that redb's page checksums do
-/// not catch (a bit flipped in memory before a write, or on disk while the store runs).
-fn damage_record(dir: &Path, flow: uuid::Uuid, at: Timestamp, damage: impl FnOnce(&mut [u8])) {
+/// Rewrites the index value holding `flow`'s grain at `at`, with `damage` applied to that
+/// grain's record (`RecordDamage::Grain`) or to the directory of the run holding it
+/// (`RecordDamage::Directory`), through redb itself: its pages stay valid, so this is
+/// damage that redb's page checksums do not catch (a bit flipped in memory before a
+/// write, or on disk while the store runs). Returns how many grains the value holds.
+fn damage_record(
+    dir: &Path,
+    flow: uuid::Uuid,
+    at: Timestamp,
+    what: RecordDamage,
+    damage: impl FnOnce(&mut [u8]),
+) -> usize {
     const GRAINS: redb::TableDefinition<(u128, i128), &[u8]> = redb::TableDefinition::new("grains");
     let db = redb::Database::open(dir.join("index.redb")).expect("open the index");
     let txn = db.begin_write().unwrap();
+    let held;
     {
         let mut table = txn.open_table(GRAINS).unwrap();
-        let key = (flow.as_u128(), at.to_nanos());
-        let mut value = table
-            .get(key)
-            .unwrap()
-            .expect("the grain's record")
-            .value()
-            .to_vec();
-        damage(&mut value);
+        let t = at.to_nanos();
+        // The value holding a grain is the last one keyed at or before it.
+        let (key, mut value) = {
+            let mut before = table
+                .range((flow.as_u128(), i128::MIN)..=(flow.as_u128(), t))
+                .unwrap();
+            let (key, value) = before.next_back().expect("the grain's value").unwrap();
+            (key.value(), value.value().to_vec())
+        };
+        // A run, as the store's `record` module lays it out: version 3, flags, a u16
+        // count, (i128 timestamp, u32 record end) per grain, a u32 checksum, records.
+        let (records, directory) = if value[0] == 3 {
+            let count = u16::from_le_bytes([value[2], value[3]]) as usize;
+            let base = 4 + count * 20 + 4;
+            let mut start = 0;
+            let mut found = None;
+            for i in 0..count {
+                let entry = &value[4 + i * 20..4 + (i + 1) * 20];
+                let end = u32::from_le_bytes(entry[16..].try_into().unwrap()) as usize;
+                if i128::from_le_bytes(entry[..16].try_into().unwrap()) == t {
+                    found = Some(base + start..base + end);
+                }
+                start = end;
+            }
+            held = count;
+            (found.expect("the grain in its run"), Some(4..base - 4))
+        } else {
+            assert_eq!(key.1, t, "no grain at {at}");
+            held = 1;
+            (0..value.len(), None)
+        };
+        match what {
+            RecordDamage::Grain => damage(&mut value[records]),
+            RecordDamage::Directory => damage(&mut value[directory.expect("a run")]),
+        }
         table.insert(key, value.as_slice()).unwrap();
     }
     txn.commit().unwrap();
+    held
+}
+
+/// What `damage_record` damages.
+#[derive(Clone, Copy)]
+enum RecordDamage {
+    Grain,
+    Directory,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,16 +218,29 @@ async fn damaged_index_record_fails_its_grain_only() {
 
     // Grain 1: one bit of the flow id in its header, which would otherwise decode to a
     // well-formed grain of another flow.
-    damage_record(dir.path(), flow.id, secs(1), |record| {
-        let at = record
-            .windows(16)
-            .position(|w| w == flow.id.as_bytes())
-            .expect("the flow id in the record's header");
-        record[at + 3] ^= 0x10;
-    });
+    let held = damage_record(
+        dir.path(),
+        flow.id,
+        secs(1),
+        RecordDamage::Grain,
+        |record| {
+            let at = record
+                .windows(16)
+                .position(|w| w == flow.id.as_bytes())
+                .expect("the flow id in the record's header");
+            record[at + 3] ^= 0x10;
+        },
+    );
+    assert_eq!(held, 4, "the batch's grains are stored as one run");
     // Grain 3, the last: one bit of the end of its duration (bytes 14..30 of a record
     // with a duration), which the flow's timerange is computed from.
-    damage_record(dir.path(), flow.id, secs(3), |record| record[20] ^= 0x01);
+    damage_record(
+        dir.path(),
+        flow.id,
+        secs(3),
+        RecordDamage::Grain,
+        |record| record[20] ^= 0x01,
+    );
 
     let store = open(config()).await;
     let session = store.open_read(flow.id).await.unwrap();
@@ -238,6 +297,66 @@ async fn damaged_index_record_fails_its_grain_only() {
     assert_stored(&left[1], &sent[2]);
     let info = store.get_flow(flow.id).await.unwrap().expect("the flow");
     assert_eq!(info.timerange, tr("[0:0_2:40000000)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_run_directory_fails_its_grains_only() {
+    let dir = TempDir::new().unwrap();
+    let config = || configured(dir.path(), StoreSetup::default());
+    let store = open(config()).await;
+    let flow = create(&store, video_flow()).await;
+    // Two batches, two runs: grains 0-9 and 10-14.
+    let sent: Vec<Grain> = (0..15).map(|s| frame(&flow, secs(s), 100, 5)).collect();
+    write(&store, flow.id, sent[..10].to_vec()).await.unwrap();
+    write(&store, flow.id, sent[10..].to_vec()).await.unwrap();
+    drop(store);
+    // One bit of the timestamp of the run's fourth grain.
+    let held = damage_record(dir.path(), flow.id, secs(3), RecordDamage::Directory, |d| {
+        d[3 * 20 + 5] ^= 0x04
+    });
+    assert_eq!(held, 10);
+
+    let store = open(config()).await;
+    let session = store.open_read(flow.id).await.unwrap();
+    for s in [0, 3, 9] {
+        assert!(
+            matches!(
+                session.get(secs(s), true).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "grain {s} of the damaged run"
+        );
+    }
+    for s in [10, 14] {
+        assert_stored(
+            &session.get(secs(s), true).await.unwrap().unwrap(),
+            &sent[s as usize],
+        );
+    }
+    assert!(matches!(
+        collect(&session, GrainQuery::all()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let later = collect(&session, query(tr("[10:0_)"), Order::Ascending, None)).await;
+    assert_eq!(
+        stamps(&later.unwrap()),
+        (10..15).map(secs).collect::<Vec<_>>()
+    );
+    drop(session);
+    // The flow's range is taken from the intact last run.
+    let info = store.get_flow(flow.id).await.unwrap().expect("the flow");
+    assert_eq!(info.timerange, tr("[0:0_14:40000000)"));
+    // A delete that takes the run's first grain takes the damaged run whole (its grains
+    // cannot be told apart, and none can be read); it counts as one.
+    assert_eq!(
+        store
+            .delete_grains(flow.id, &tr("[0:0_0:0]"))
+            .await
+            .unwrap(),
+        1
+    );
+    let left = read_all(&store, flow.id).await;
+    assert_eq!(stamps(&left), (10..15).map(secs).collect::<Vec<_>>());
 }
 
 async fn snapshot_of(store: &EmbeddedStore) -> (Vec<grainstore::store::FlowInfo>, Vec<Vec<Grain>>) {

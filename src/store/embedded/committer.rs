@@ -18,12 +18,16 @@ use tokio::sync::oneshot;
 use super::recent;
 use super::record::{self, Location};
 use super::segments::Appender;
-use super::{FLOWS, GRAINS, SEGMENTS, SOURCES, Shared, corrupt, engine, key_range, load_grain};
+use super::{
+    FLOWS, GRAINS, SEGMENTS, SOURCES, Shared, at_key, corrupt, engine, entries_from, key_range,
+    load_grain, with_entry_before, within,
+};
 use crate::grain::Grain;
 use crate::store::{
     BatchOutcome, BatchResult, Flow, FlowId, Order, PutOutcome, Source, StoreError, now_rfc3339,
 };
 use crate::time::{TimeRange, Timestamp};
+use std::ops::Bound as KeyBound;
 
 /// The most jobs one transaction takes, so one group's latency stays bounded.
 const MAX_GROUP: usize = 256;
@@ -390,74 +394,36 @@ impl State {
         // writer's (small) batches, and of a bulk upload's batches what a reader at its
         // edge asks for, without paying a copy for every grain of a bulk load.
         let recent_from = grains.len().saturating_sub(recent::PER_BATCH);
-        for (index, grain) in grains.iter().enumerate() {
-            let timestamp = grain.origin_timestamp();
-            let key = (flow.as_u128(), timestamp.to_nanos());
-            let created = grain
-                .creation_timestamp()
-                .or_else(|| Some(*group.now.get_or_insert_with(Timestamp::now)));
-            let payload = grain.payload();
-            if payload.len() <= self.shared.inline_max {
-                // Insert first: a new grain (the common case) then costs one B-tree
-                // descent; an occupied timestamp gets its stored record put back.
-                self.scratch.clear();
-                record::encode(grain, created, Location::Inline, &mut self.scratch);
-                let previous = table
-                    .insert(key, self.scratch.as_slice())
-                    .map_err(engine)?
-                    .map(|old| old.value().to_vec());
-                if let Some(previous) = previous {
-                    table.insert(key, previous.as_slice()).map_err(engine)?;
-                    let stored = load_grain(&self.shared, timestamp, &previous, true)?;
-                    if stored.same_identity(grain) {
-                        outcome.unchanged += 1;
-                        continue;
-                    }
-                    conflict = Some(timestamp);
-                    break;
+        let mut index = 0;
+        while index < grains.len() && conflict.is_none() {
+            // Small grains in increasing time order go in as runs (see `record`) when no
+            // stored grain lies among them; anything else goes one grain at a time.
+            let end = self.run_candidate(grains, index);
+            if end - index >= 2 && span_is_free(&table, flow, &grains[index..end])? {
+                self.put_run(&mut table, group, flow, grains, index..end, recent_from)?;
+                for grain in &grains[index..end] {
+                    outcome.note_written(grain.origin_timestamp());
                 }
-                if index >= recent_from && self.shared.recent.keeps_any() {
-                    // Its own copy of the payload, which may be a slice of a large
-                    // upload buffer (and cloning it would touch a count shared with
-                    // the writer's other grains).
-                    let mut header = grain.header().clone();
-                    header.creation_timestamp = created;
-                    let stored = Grain::from_stored(header, Bytes::copy_from_slice(payload));
-                    group.recent.push((flow.as_u128(), stored));
-                }
-            } else {
-                // Look first: a re-sent large payload must not be appended again.
-                let stored = match table.get(key).map_err(engine)? {
-                    Some(existing) => {
-                        Some(load_grain(&self.shared, timestamp, existing.value(), true)?)
-                    }
-                    None => None,
-                };
-                if let Some(stored) = stored {
-                    if stored.same_identity(grain) {
-                        outcome.unchanged += 1;
-                        continue;
-                    }
-                    conflict = Some(timestamp);
-                    break;
-                }
-                let appender = self.appender_for(group, payload.len() as u64)?;
-                let id = appender.id();
-                let offset = appender.append(payload)?;
-                group.lengths.insert(id, appender.len());
-                *group.live_delta.entry(id).or_default() += payload.len() as i64;
-                self.scratch.clear();
-                record::encode(
-                    grain,
-                    created,
-                    Location::Segment { id, offset },
-                    &mut self.scratch,
-                );
-                table.insert(key, self.scratch.as_slice()).map_err(engine)?;
+                index = end;
+                continue;
             }
-            outcome.written += 1;
-            outcome.first = Some(outcome.first.map_or(timestamp, |t| t.min(timestamp)));
-            outcome.last = Some(outcome.last.map_or(timestamp, |t| t.max(timestamp)));
+            for (at, grain) in grains
+                .iter()
+                .enumerate()
+                .take(end.max(index + 1))
+                .skip(index)
+            {
+                let timestamp = grain.origin_timestamp();
+                match self.put_one(&mut table, group, flow, grain, at >= recent_from)? {
+                    Put::Written => outcome.note_written(timestamp),
+                    Put::Unchanged => outcome.unchanged += 1,
+                    Put::Conflict => {
+                        conflict = Some(timestamp);
+                        break;
+                    }
+                }
+            }
+            index = end.max(index + 1);
         }
         if let (Some(first), Some(last)) = (outcome.first, outcome.last) {
             group.touched.insert(flow);
@@ -473,6 +439,149 @@ impl State {
             });
         }
         Ok(Ok(Reply::Batch(BatchResult { outcome, conflict })))
+    }
+
+    /// The end of the run that could start at `grains[from]`: grains kept in the index,
+    /// in strictly increasing time order, up to a run's bounds; `from` itself when that
+    /// grain's payload goes to a segment.
+    fn run_candidate(&self, grains: &[Grain], from: usize) -> usize {
+        let mut bytes = 0;
+        let mut previous = None;
+        for (at, grain) in grains.iter().enumerate().skip(from) {
+            let len = grain.payload().len();
+            let timestamp = grain.origin_timestamp();
+            let fits = at == from || bytes + len <= record::RUN_PAYLOAD_BYTES;
+            if len > self.shared.inline_max
+                || at - from >= record::RUN_GRAINS
+                || !fits
+                || previous.is_some_and(|p| p >= timestamp)
+            {
+                return at;
+            }
+            bytes += len;
+            previous = Some(timestamp);
+        }
+        grains.len()
+    }
+
+    /// Stores `grains[range]` (new, small, in increasing time order) as one run.
+    fn put_run(
+        &mut self,
+        table: &mut redb::Table<'_, (u128, i128), &'static [u8]>,
+        group: &mut Group,
+        flow: FlowId,
+        grains: &[Grain],
+        range: std::ops::Range<usize>,
+        recent_from: usize,
+    ) -> Result<(), StoreError> {
+        self.scratch.clear();
+        let mut ends = Vec::with_capacity(range.len());
+        for at in range.clone() {
+            let grain = &grains[at];
+            let created = self.created(group, grain);
+            record::encode(grain, created, Location::Inline, &mut self.scratch);
+            ends.push((grain.origin_timestamp().to_nanos(), self.scratch.len()));
+            if at >= recent_from {
+                self.keep_recent(group, flow, grain, created);
+            }
+        }
+        let mut members = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for (timestamp, end) in ends {
+            members.push((timestamp, &self.scratch[start..end]));
+            start = end;
+        }
+        let mut value = Vec::with_capacity(self.scratch.len() + members.len() * 20 + 8);
+        record::encode_entry(&members, &mut value);
+        let key = (flow.as_u128(), members[0].0);
+        let previous = table.insert(key, value.as_slice()).map_err(engine)?;
+        debug_assert!(previous.is_none(), "a run was written over a stored grain");
+        Ok(())
+    }
+
+    /// Stores one grain, splitting a run that spans its timestamp.
+    fn put_one(
+        &mut self,
+        table: &mut redb::Table<'_, (u128, i128), &'static [u8]>,
+        group: &mut Group,
+        flow: FlowId,
+        grain: &Grain,
+        recent: bool,
+    ) -> Result<Put, StoreError> {
+        let timestamp = grain.origin_timestamp();
+        let t = timestamp.to_nanos();
+        let upto = KeyBound::Included((flow.as_u128(), t));
+        let found = with_entry_before(&*table, flow.as_u128(), upto, |key, value| {
+            if key != t && !record::is_run(value) {
+                return Ok(Held::Nothing);
+            }
+            let entry = record::Entry::read(key, value).map_err(|e| at_key(t, e))?;
+            Ok(match entry.find(t) {
+                Some(i) => Held::Grain(entry.record(i).to_vec()),
+                None if entry.last() > t => Held::InRun(key, value.to_vec()),
+                None => Held::Nothing,
+            })
+        })?;
+        match found {
+            Some(Held::Grain(stored)) => {
+                let stored = load_grain(&self.shared, timestamp, &stored, true)?;
+                return Ok(if stored.same_identity(grain) {
+                    Put::Unchanged
+                } else {
+                    Put::Conflict
+                });
+            }
+            Some(Held::InRun(key, value)) => split_run(table, flow, key, &value, t)?,
+            Some(Held::Nothing) | None => {}
+        }
+        let created = self.created(group, grain);
+        let payload = grain.payload();
+        let location = if payload.len() <= self.shared.inline_max {
+            if recent {
+                self.keep_recent(group, flow, grain, created);
+            }
+            Location::Inline
+        } else {
+            let appender = self.appender_for(group, payload.len() as u64)?;
+            let id = appender.id();
+            let offset = appender.append(payload)?;
+            group.lengths.insert(id, appender.len());
+            *group.live_delta.entry(id).or_default() += payload.len() as i64;
+            Location::Segment { id, offset }
+        };
+        self.scratch.clear();
+        record::encode(grain, created, location, &mut self.scratch);
+        table
+            .insert((flow.as_u128(), t), self.scratch.as_slice())
+            .map_err(engine)?;
+        Ok(Put::Written)
+    }
+
+    /// The creation timestamp stored for `grain`: its own, or the commit's.
+    fn created(&self, group: &mut Group, grain: &Grain) -> Option<Timestamp> {
+        grain
+            .creation_timestamp()
+            .or_else(|| Some(*group.now.get_or_insert_with(Timestamp::now)))
+    }
+
+    /// Adds a small grain, as it will be read back, to what the recent-grains cache
+    /// takes after the commit.
+    fn keep_recent(
+        &self,
+        group: &mut Group,
+        flow: FlowId,
+        grain: &Grain,
+        created: Option<Timestamp>,
+    ) {
+        if !self.shared.recent.keeps_any() {
+            return;
+        }
+        // Its own copy of the payload, which may be a slice of a large upload buffer
+        // (and cloning it would touch a count shared with the writer's other grains).
+        let mut header = grain.header().clone();
+        header.creation_timestamp = created;
+        let stored = Grain::from_stored(header, Bytes::copy_from_slice(grain.payload()));
+        group.recent.push((flow.as_u128(), stored));
     }
 
     /// The appender to use for `len` more bytes, rotating to a new segment when the
@@ -628,6 +737,74 @@ fn put_flow(
     }))
 }
 
+/// What one grain's write met in the index.
+enum Put {
+    Written,
+    Unchanged,
+    Conflict,
+}
+
+/// What the index holds at a timestamp.
+enum Held {
+    /// Nothing, and no run spans it.
+    Nothing,
+    /// A grain: its record.
+    Grain(Vec<u8>),
+    /// Nothing, inside the span of the run stored under this key (its value).
+    InRun(i128, Vec<u8>),
+}
+
+/// Whether no stored grain lies within the timestamps of `grains` (in increasing order):
+/// no key among them, and no run keyed before the first reaching it.
+fn span_is_free(
+    table: &redb::Table<'_, (u128, i128), &'static [u8]>,
+    flow: FlowId,
+    grains: &[Grain],
+) -> Result<bool, StoreError> {
+    let (Some(first), Some(last)) = (grains.first(), grains.last()) else {
+        return Ok(true);
+    };
+    let (first, last) = (
+        first.origin_timestamp().to_nanos(),
+        last.origin_timestamp().to_nanos(),
+    );
+    let upto = KeyBound::Included((flow.as_u128(), last));
+    let free = with_entry_before(table, flow.as_u128(), upto, |key, value| {
+        if key >= first {
+            return Ok(false);
+        }
+        if !record::is_run(value) {
+            return Ok(true);
+        }
+        // A damaged run: the grains go one at a time, and meet the damage there.
+        Ok(record::Entry::read(key, value).is_ok_and(|run| run.last() < first))
+    })?;
+    Ok(free.unwrap_or(true))
+}
+
+/// Splits the run stored under `key` (`value`) around `t`, which lies inside its span
+/// and is none of its grains: the grains before `t` stay under `key`, those after go
+/// under the first of them.
+fn split_run(
+    table: &mut redb::Table<'_, (u128, i128), &'static [u8]>,
+    flow: FlowId,
+    key: i128,
+    value: &[u8],
+    t: i128,
+) -> Result<(), StoreError> {
+    let run = record::Entry::read(key, value).map_err(|e| at_key(key, e))?;
+    let (before, after): (Vec<_>, Vec<_>) = run.members().partition(|(at, _)| *at < t);
+    let mut out = Vec::with_capacity(value.len());
+    for part in [before, after] {
+        out.clear();
+        record::encode_entry(&part, &mut out);
+        table
+            .insert((flow.as_u128(), part[0].0), out.as_slice())
+            .map_err(engine)?;
+    }
+    Ok(())
+}
+
 fn delete_range(
     shared: &Shared,
     txn: &WriteTransaction,
@@ -646,30 +823,77 @@ fn delete_range(
         .retain(|(f, grain)| *f != flow.as_u128() || !range.contains(grain.origin_timestamp()));
     let mut table = txn.open_table(GRAINS).map_err(engine)?;
     let mut removed = 0;
+    // Keys to remove, and what to store again of the runs partly in the range.
     let mut doomed = Vec::new();
-    for entry in table.range(keys).map_err(engine)? {
+    let mut kept = Vec::new();
+    let from = entries_from(&table, flow.as_u128(), keys.0)?;
+    for entry in table.range((from, keys.1)).map_err(engine)? {
         let (key, value) = entry.map_err(engine)?;
-        match record::decode(value.value()) {
-            Ok(record) => {
-                if let Location::Segment { id, .. } = record.location {
-                    *group.live_delta.entry(id).or_default() -= record.len as i64;
+        let key = key.value().1;
+        let entry = match record::Entry::read(key, value.value()) {
+            Ok(entry) => entry,
+            // A run whose directory is damaged: its grains cannot be told apart, so it
+            // goes whole when its first grain is in the range (none of them can be
+            // read), and stays otherwise.
+            Err(e) => {
+                let whole = within(key, &keys);
+                tracing::error!(
+                    flow = %flow,
+                    timestamp_ns = key,
+                    error = %e,
+                    deleted = whole,
+                    "a run of grains whose index record is damaged"
+                );
+                if whole {
+                    doomed.push(key);
+                    removed += 1;
                 }
+                continue;
             }
-            // A damaged grain can still be deleted, which is how a user gets rid of
-            // it; only the segment it may point into cannot be told it lost the bytes,
-            // so that segment is never reclaimed.
-            Err(e) => tracing::error!(
-                flow = %flow,
-                timestamp_ns = key.value().1,
-                error = %e,
-                "deleting a grain whose index record is damaged; its segment space is not reclaimed"
-            ),
+        };
+        let mut rest = Vec::new();
+        let mut gone = 0;
+        for (t, raw) in entry.members() {
+            if !within(t, &keys) {
+                rest.push((t, raw));
+                continue;
+            }
+            gone += 1;
+            match record::decode(raw) {
+                Ok(record) => {
+                    if let Location::Segment { id, .. } = record.location {
+                        *group.live_delta.entry(id).or_default() -= record.len as i64;
+                    }
+                }
+                // A damaged grain can still be deleted, which is how a user gets rid
+                // of it; only the segment it may point into cannot be told it lost the
+                // bytes, so that segment is never reclaimed.
+                Err(e) => tracing::error!(
+                    flow = %flow,
+                    timestamp_ns = t,
+                    error = %e,
+                    "deleting a grain whose index record is damaged; its segment space is not reclaimed"
+                ),
+            }
         }
-        doomed.push(key.value());
+        if gone == 0 {
+            continue;
+        }
+        removed += gone;
+        doomed.push(key);
+        if let Some((first, _)) = rest.first() {
+            let mut value = Vec::new();
+            record::encode_entry(&rest, &mut value);
+            kept.push((*first, value));
+        }
     }
     for key in doomed {
-        table.remove(key).map_err(engine)?;
-        removed += 1;
+        table.remove((flow.as_u128(), key)).map_err(engine)?;
+    }
+    for (key, value) in kept {
+        table
+            .insert((flow.as_u128(), key), value.as_slice())
+            .map_err(engine)?;
     }
     if removed > 0 {
         group.touched.insert(flow);

@@ -4,8 +4,14 @@
 //!
 //! - `index.redb`: a [redb] database (a copy-on-write B-tree with checksummed,
 //!   crash-safe commits) holding flows, sources, the grain index and segment accounting.
-//!   Each grain's index entry is keyed by (flow, origin timestamp) and holds its header,
-//!   its payload checksum and, for small grains, the payload itself.
+//!   Each grain's index record holds its header, its payload checksum and, for small
+//!   grains, the payload itself. Records are keyed by (flow, origin timestamp); a batch's
+//!   small grains in time order are stored as runs of up to 64, one index value keyed by
+//!   the first grain's timestamp (see `record`), which the reads, writes and deletes
+//!   here split and rewrite as needed. Small-grain ingest went from 247k to 600k
+//!   grains/s with runs (3.5 to 1.25 CPU-s per million), and warm range reads of them
+//!   from 825k to 1.45M grains/s, on an AMD EPYC of this kind (`cargo bench --bench
+//!   store`, one session).
 //! - `segments/`: append-only files holding payloads larger than `inline_max`.
 //!
 //! # Why payloads are split
@@ -478,6 +484,105 @@ fn tighter_end(a: Bound, b: Bound) -> Bound {
     if key(&a) <= key(&b) { a } else { b }
 }
 
+/// Grain index keys of one flow.
+type GrainKey = (u128, i128);
+
+/// Applies `f` to the last index value of `flow` keyed within `upto` (the value that
+/// holds a grain at that bound, if any: see `record` on runs).
+pub(crate) fn with_entry_before<T, R>(
+    table: &T,
+    flow: u128,
+    upto: KeyBound<GrainKey>,
+    f: impl FnOnce(i128, &[u8]) -> Result<R, StoreError>,
+) -> Result<Option<R>, StoreError>
+where
+    T: ReadableTable<GrainKey, &'static [u8]>,
+{
+    if matches!(upto, KeyBound::Excluded((_, i128::MIN))) {
+        return Ok(None);
+    }
+    let mut iter = table
+        .range::<GrainKey>((KeyBound::Included((flow, i128::MIN)), upto))
+        .map_err(engine)?;
+    match iter.next_back() {
+        None => Ok(None),
+        Some(entry) => {
+            let (key, value) = entry.map_err(engine)?;
+            f(key.value().1, value.value()).map(Some)
+        }
+    }
+}
+
+/// The keys to visit for the grains within `(lo, hi)`: from a run keyed before `lo` that
+/// may hold some of them, or else from `lo`.
+pub(crate) fn entries_from<T>(
+    table: &T,
+    flow: u128,
+    lo: KeyBound<GrainKey>,
+) -> Result<KeyBound<GrainKey>, StoreError>
+where
+    T: ReadableTable<GrainKey, &'static [u8]>,
+{
+    let before = match lo {
+        KeyBound::Included(k) => KeyBound::Excluded(k),
+        KeyBound::Excluded(k) => KeyBound::Included(k),
+        KeyBound::Unbounded => return Ok(lo),
+    };
+    let reaches = |t: i128| within(t, &(lo, KeyBound::Unbounded));
+    let run = with_entry_before(table, flow, before, |key, value| {
+        if !record::is_run(value) {
+            return Ok(None);
+        }
+        Ok(match record::Entry::read(key, value) {
+            Ok(run) => reaches(run.last()).then_some((key, false)),
+            Err(_) => Some((key, true)),
+        })
+    })?;
+    let from = |key| Ok(KeyBound::Included((flow, key)));
+    match run.flatten() {
+        None => Ok(lo),
+        Some((key, false)) => from(key),
+        // A run whose directory is damaged may hold grains up to the next key: it is
+        // visited (and reported) only when some of those could be at or past `lo`.
+        Some((key, true)) => {
+            let next = table
+                .range::<GrainKey>((
+                    KeyBound::Excluded((flow, key)),
+                    KeyBound::Included((flow, i128::MAX)),
+                ))
+                .map_err(engine)?
+                .next()
+                .transpose()
+                .map_err(engine)?
+                .map_or(i128::MAX, |(next, _)| next.value().1);
+            if reaches(next - 1) { from(key) } else { Ok(lo) }
+        }
+    }
+}
+
+/// Whether timestamp `t` lies within the key bounds.
+pub(crate) fn within(t: i128, (lo, hi): &KeyRange) -> bool {
+    let above = match lo {
+        KeyBound::Included((_, a)) => t >= *a,
+        KeyBound::Excluded((_, a)) => t > *a,
+        KeyBound::Unbounded => true,
+    };
+    let below = match hi {
+        KeyBound::Included((_, b)) => t <= *b,
+        KeyBound::Excluded((_, b)) => t < *b,
+        KeyBound::Unbounded => true,
+    };
+    above && below
+}
+
+/// `e` naming the grain stored under `key`.
+pub(crate) fn at_key(key: i128, e: StoreError) -> StoreError {
+    match Timestamp::from_nanos(key) {
+        Ok(timestamp) => at_grain(timestamp, e),
+        Err(_) => e,
+    }
+}
+
 /// Loads a stored grain from its index record, reading and checking its payload.
 fn load_grain(
     shared: &Shared,
@@ -552,16 +657,27 @@ fn flow_timerange(
             }
         }
     };
-    let last = Timestamp::from_nanos(last_key.value().1).map_err(corrupt)?;
     // A damaged last record fails its own reads, not the flow's: without its duration
-    // the range ends at its timestamp, inclusively.
-    let end = match record::decode(last_value.value()) {
-        Ok(record) => record.end,
+    // the range ends at its timestamp, inclusively (at the run's first, for a run
+    // whose directory is damaged).
+    let key = last_key.value().1;
+    let (last, end) = match record::Entry::read(key, last_value.value()) {
+        Ok(entry) => {
+            let last = entry.last();
+            match record::decode(entry.record(entry.len() - 1)) {
+                Ok(record) => (last, record.end),
+                Err(e) => {
+                    tracing::error!(flow = %uuid::Uuid::from_u128(flow), error = %at_key(last, e), "flow timerange without the last grain's duration");
+                    (last, None)
+                }
+            }
+        }
         Err(e) => {
-            tracing::error!(flow = %uuid::Uuid::from_u128(flow), error = %at_grain(last, e), "flow timerange without the last grain's duration");
-            None
+            tracing::error!(flow = %uuid::Uuid::from_u128(flow), error = %at_key(key, e), "flow timerange without the last grains");
+            (key, None)
         }
     };
+    let last = Timestamp::from_nanos(last).map_err(corrupt)?;
     Ok(match end.map(Timestamp::from_nanos) {
         Some(Ok(end)) if end > last => {
             TimeRange::new(Bound::Inclusive(start), Bound::Exclusive(end))
@@ -622,10 +738,19 @@ impl Snapshot for EmbeddedSnapshot {
         }
         self.blocking(move |s, txn| {
             let table = txn.open_table(GRAINS).map_err(engine)?;
-            let Some(value) = table.get((flow, timestamp.to_nanos())).map_err(engine)? else {
-                return Ok(None);
-            };
-            load_grain(s, timestamp, value.value(), with_payload).map(Some)
+            let t = timestamp.to_nanos();
+            let upto = KeyBound::Included((flow, t));
+            with_entry_before(&table, flow, upto, |key, value| {
+                if key != t && !record::is_run(value) {
+                    return Ok(None);
+                }
+                let entry = record::Entry::read(key, value).map_err(|e| at_grain(timestamp, e))?;
+                match entry.find(t) {
+                    Some(i) => load_grain(s, timestamp, entry.record(i), with_payload).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .map(Option::flatten)
         })
         .await
     }
@@ -693,28 +818,52 @@ fn scan_page(
         return Ok(None);
     };
     let table = txn.open_table(GRAINS).map_err(engine)?;
-    let iter = table.range(keys).map_err(engine)?;
+    let from = entries_from(&table, flow, keys.0)?;
+    let iter = table.range((from, keys.1)).map_err(engine)?;
     let entries: Box<dyn Iterator<Item = _>> = match order {
         Order::Ascending => Box::new(iter),
         Order::Descending => Box::new(iter.rev()),
     };
     let (mut grains, mut bytes, mut last) = (0usize, 0usize, None);
     for entry in entries {
-        let visited = entry.map_err(engine).and_then(|(key, value)| {
-            let timestamp = Timestamp::from_nanos(key.value().1).map_err(corrupt)?;
-            visit(timestamp, value.value()).map(|len| (timestamp, len))
-        });
-        match visited {
-            Ok((timestamp, len)) => {
-                last = Some(timestamp);
-                grains += 1;
-                bytes += len;
-                if grains >= limit.grains || bytes >= limit.bytes {
-                    break;
-                }
-            }
+        let (key, value) = match entry.map_err(engine) {
+            Ok(entry) => entry,
             Err(_) if grains > 0 => break,
             Err(e) => return Err(e),
+        };
+        let key = key.value().1;
+        let entry = match record::Entry::read(key, value.value()) {
+            Ok(entry) => entry,
+            Err(_) if grains > 0 => break,
+            Err(e) => return Err(at_key(key, e)),
+        };
+        let n = entry.len();
+        for j in 0..n {
+            let i = match order {
+                Order::Ascending => j,
+                Order::Descending => n - 1 - j,
+            };
+            let t = entry.timestamp(i);
+            if !within(t, &keys) {
+                continue;
+            }
+            let visited = Timestamp::from_nanos(t)
+                .map_err(corrupt)
+                .and_then(|timestamp| {
+                    visit(timestamp, entry.record(i)).map(|len| (timestamp, len))
+                });
+            match visited {
+                Ok((timestamp, len)) => {
+                    last = Some(timestamp);
+                    grains += 1;
+                    bytes += len;
+                    if grains >= limit.grains || bytes >= limit.bytes {
+                        return Ok(last);
+                    }
+                }
+                Err(_) if grains > 0 => return Ok(last),
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(last)

@@ -28,6 +28,32 @@
 //! Version 1 records (the same without the record checksum) are still read, unchecked,
 //! so that a store written before version 2 opens as it was; every record written now
 //! is version 2.
+//!
+//! # Runs: several grains in one index value
+//!
+//! A batch of small grains with increasing timestamps is stored as runs of up to
+//! [`RUN_GRAINS`] grains ([`RUN_PAYLOAD_BYTES`] of payload), each one index value keyed
+//! by its first grain's timestamp:
+//!
+//! ```text
+//! u8   version (3)
+//! u8   flags (0)
+//! u16  count n, at least 2
+//! n x  (i128 origin timestamp in ns, u32 end of the grain's record in the records)
+//! u32  crc32c of every byte above
+//! ...  the n grains' version 2 records, one after another
+//! ```
+//!
+//! Timestamps are strictly increasing, and no other key of the flow lies between a
+//! run's first and last timestamp: the index value holding a grain is always the last
+//! one keyed at or before its timestamp. Each record keeps its own checksum, so damage
+//! to one fails that grain; damage to the directory fails the run's grains.
+//!
+//! Why: redb's cost is per B-tree insert (a descent, a leaf rewritten, pages tracked),
+//! so a thousand 200-byte grains cost a thousand inserts. Measured with redb 2.6.4 on
+//! this store's kind of machine, a million 420-byte values committed 1,000 per
+//! transaction went in at 231k values/s, the same bytes as values of 8 at 491k
+//! grains/s, of 32 at 732k and of 100 at 916k.
 
 use bytes::Bytes;
 
@@ -118,6 +144,167 @@ pub fn encode(grain: &Grain, created: Option<Timestamp>, location: Location, out
     out.extend_from_slice(&record_crc.to_le_bytes());
     if location == Location::Inline {
         out.extend_from_slice(payload);
+    }
+}
+
+/// The version of a run.
+const VERSION_RUN: u8 = 3;
+/// The most grains one run holds.
+pub const RUN_GRAINS: usize = 64;
+/// The most payload bytes one run holds (a grain with more is stored alone).
+pub const RUN_PAYLOAD_BYTES: usize = 12 << 10;
+/// One member's entry in a run's directory: timestamp and record end.
+const RUN_MEMBER: usize = 20;
+/// Version, flags and count.
+const RUN_HEAD: usize = 4;
+
+/// Appends an index value holding `members` (timestamp, record), in increasing
+/// timestamp order: the record itself for one member, a run for more.
+pub fn encode_entry(members: &[(i128, &[u8])], out: &mut Vec<u8>) {
+    if let [(_, record)] = members {
+        out.extend_from_slice(record);
+        return;
+    }
+    debug_assert!(members.len() <= u16::MAX as usize);
+    debug_assert!(members.windows(2).all(|w| w[0].0 < w[1].0));
+    let start = out.len();
+    out.push(VERSION_RUN);
+    out.push(0);
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    let mut end = 0u32;
+    for (timestamp, record) in members {
+        end += record.len() as u32;
+        out.extend_from_slice(&timestamp.to_le_bytes());
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    for (_, record) in members {
+        out.extend_from_slice(record);
+    }
+}
+
+/// Whether an index value is a run (without checking it).
+pub fn is_run(value: &[u8]) -> bool {
+    value.first() == Some(&VERSION_RUN)
+}
+
+/// An index value read as the grains it holds: one record, or a run's.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    key: i128,
+    /// The run's directory (empty for a single record).
+    directory: &'a [u8],
+    /// The records (the whole value for a single record).
+    records: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
+    /// Reads the value stored under timestamp `key`. A run's directory is checked; the
+    /// records are not (each is checked when decoded).
+    pub fn read(key: i128, value: &'a [u8]) -> Result<Entry<'a>, StoreError> {
+        if !is_run(value) {
+            return Ok(Entry {
+                key,
+                directory: &[],
+                records: value,
+            });
+        }
+        let run = |what: &str| corrupt(&format!("run of grains: {what}"));
+        if value.len() < RUN_HEAD {
+            return Err(run("truncated"));
+        }
+        let count = u16::from_le_bytes([value[2], value[3]]) as usize;
+        let checked = RUN_HEAD + count * RUN_MEMBER;
+        if value.len() < checked + 4 {
+            return Err(run("truncated"));
+        }
+        let stored = u32::from_le_bytes(value[checked..checked + 4].try_into().unwrap());
+        if crc32c::crc32c(&value[..checked]) != stored {
+            return Err(run("fails its checksum"));
+        }
+        if value[1] != 0 || count < 2 {
+            return Err(run("malformed"));
+        }
+        let entry = Entry {
+            key,
+            directory: &value[RUN_HEAD..checked],
+            records: &value[checked + 4..],
+        };
+        let mut previous: Option<(i128, usize)> = None;
+        for i in 0..count {
+            let (timestamp, end) = entry.member(i);
+            let ordered = match previous {
+                None => timestamp == key,
+                Some((t, e)) => t < timestamp && e < end,
+            };
+            if !ordered {
+                return Err(run("members out of order"));
+            }
+            previous = Some((timestamp, end));
+        }
+        if previous.map(|(_, end)| end) != Some(entry.records.len()) {
+            return Err(run("records do not fill it"));
+        }
+        Ok(entry)
+    }
+
+    fn member(&self, i: usize) -> (i128, usize) {
+        let at = i * RUN_MEMBER;
+        let timestamp = i128::from_le_bytes(self.directory[at..at + 16].try_into().unwrap());
+        let end = u32::from_le_bytes(self.directory[at + 16..at + 20].try_into().unwrap());
+        (timestamp, end as usize)
+    }
+
+    /// How many grains it holds.
+    pub fn len(&self) -> usize {
+        if self.directory.is_empty() {
+            1
+        } else {
+            self.directory.len() / RUN_MEMBER
+        }
+    }
+
+    /// The timestamp of grain `i`, in ns.
+    pub fn timestamp(&self, i: usize) -> i128 {
+        if self.directory.is_empty() {
+            self.key
+        } else {
+            self.member(i).0
+        }
+    }
+
+    /// The timestamp of its last grain.
+    pub fn last(&self) -> i128 {
+        self.timestamp(self.len() - 1)
+    }
+
+    /// The record of grain `i` (decode it with [`decode`]).
+    pub fn record(&self, i: usize) -> &'a [u8] {
+        if self.directory.is_empty() {
+            return self.records;
+        }
+        let start = if i == 0 { 0 } else { self.member(i - 1).1 };
+        &self.records[start..self.member(i).1]
+    }
+
+    /// Which grain has timestamp `timestamp`, if any.
+    pub fn find(&self, timestamp: i128) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.timestamp(mid).cmp(&timestamp) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// Its grains' timestamps and records.
+    pub fn members(self) -> impl DoubleEndedIterator<Item = (i128, &'a [u8])> + 'a {
+        (0..self.len()).map(move |i| (self.timestamp(i), self.record(i)))
     }
 }
 
@@ -321,5 +508,75 @@ mod tests {
                 .origin_timestamp(),
             g.origin_timestamp()
         );
+    }
+
+    /// A run of three grains 40 ms apart, and the records it holds.
+    fn run() -> (Vec<u8>, Vec<(i128, Vec<u8>)>) {
+        let first = grain(b"x").origin_timestamp().to_nanos();
+        let members: Vec<(i128, Vec<u8>)> = (0..3)
+            .map(|i| {
+                let mut g = grain(&vec![i as u8; 5 + i]);
+                let (mut header, payload) = g.clone().into_parts();
+                header.origin_timestamp =
+                    Timestamp::from_nanos(first + i as i128 * 40_000_000).unwrap();
+                g = Grain::new(header, payload).unwrap();
+                (
+                    first + i as i128 * 40_000_000,
+                    encoded(&g, Location::Inline),
+                )
+            })
+            .collect();
+        let borrowed: Vec<(i128, &[u8])> =
+            members.iter().map(|(t, r)| (*t, r.as_slice())).collect();
+        let mut value = Vec::new();
+        encode_entry(&borrowed, &mut value);
+        (value, members)
+    }
+
+    #[test]
+    fn runs_hold_their_records_in_order() {
+        let (value, members) = run();
+        assert!(is_run(&value));
+        let first = members[0].0;
+        let entry = Entry::read(first, &value).unwrap();
+        assert_eq!(entry.len(), 3);
+        assert_eq!(entry.last(), members[2].0);
+        for (i, (t, record)) in members.iter().enumerate() {
+            assert_eq!(entry.timestamp(i), *t);
+            assert_eq!(entry.record(i), record.as_slice());
+            assert_eq!(entry.find(*t), Some(i));
+            assert_eq!(entry.find(*t + 1), None);
+            decode(entry.record(i)).unwrap();
+        }
+        assert_eq!(entry.find(first - 1), None);
+        let listed: Vec<(i128, &[u8])> = entry.members().collect();
+        assert_eq!(listed.len(), 3);
+        // One member is stored as its record alone.
+        let mut single = Vec::new();
+        encode_entry(&[(first, &members[0].1)], &mut single);
+        assert_eq!(single, members[0].1);
+        assert!(!is_run(&single));
+        let entry = Entry::read(first, &single).unwrap();
+        assert_eq!((entry.len(), entry.record(0)), (1, single.as_slice()));
+    }
+
+    #[test]
+    fn any_damaged_byte_of_a_run_directory_fails_the_run() {
+        let (value, members) = run();
+        let directory_end = RUN_HEAD + 3 * RUN_MEMBER + 4;
+        for at in 1..directory_end {
+            for flip in [0x01u8, 0x80] {
+                let mut damaged = value.clone();
+                damaged[at] ^= flip;
+                assert!(
+                    Entry::read(members[0].0, &damaged).is_err(),
+                    "byte {at} ^ {flip:#x} of the directory went unnoticed"
+                );
+            }
+        }
+        // Stored under another key, or cut short.
+        assert!(Entry::read(members[0].0 + 1, &value).is_err());
+        assert!(Entry::read(members[0].0, &value[..value.len() - 1]).is_err());
+        assert!(Entry::read(members[0].0, &value[..directory_end - 1]).is_err());
     }
 }

@@ -107,10 +107,7 @@ impl PgWriter {
                 None => {
                     batch.insert(key, i);
                     plan.insert.push(i);
-                    let t = grain.origin_timestamp();
-                    plan.outcome.written += 1;
-                    plan.outcome.first = Some(plan.outcome.first.map_or(t, |f| f.min(t)));
-                    plan.outcome.last = Some(plan.outcome.last.map_or(t, |l| l.max(t)));
+                    plan.outcome.note_written(grain.origin_timestamp());
                 }
             }
         }
