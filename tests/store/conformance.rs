@@ -1644,7 +1644,8 @@ fn model_bound(rng: &mut SplitMix, ticks: u64) -> grainstore::time::Bound {
 /// deletes land among them.)
 pub async fn random_writes_and_deletes_match_a_model(make: impl MakeStore) {
     use std::collections::BTreeMap;
-    const TICKS: u64 = 500;
+    // Few enough that a long batch wraps around onto its own timestamps.
+    const TICKS: u64 = 300;
     let (store, _guard) = fresh(make).await;
     let flow = create(&store, video_flow()).await;
     let mut model: BTreeMap<u64, Grain> = BTreeMap::new();
@@ -1725,7 +1726,10 @@ pub async fn random_writes_and_deletes_match_a_model(make: impl MakeStore) {
             .open_read(flow.id)
             .await
             .unwrap()
-            .with_page_limit(page_of(rng.below(1, 20) as usize));
+            .with_page_limit(PageLimit {
+                grains: rng.below(1, 20) as usize,
+                bytes: [usize::MAX, 1, 500, 20_000][rng.below(0, 4) as usize],
+            });
         for _ in 0..4 {
             let range = TimeRange::new(model_bound(&mut rng, TICKS), model_bound(&mut rng, TICKS));
             let order = if rng.below(0, 2) == 0 {

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use grainstore::grain::Grain;
 use grainstore::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use grainstore::store::{
-    FlowFilter, GrainQuery, Order, PageRequest, SourceFilter, Store, StoreError,
+    FlowFilter, Format, GrainQuery, Order, PageRequest, SourceFilter, Store, StoreError,
 };
 use grainstore::time::Timestamp;
 use redb::ReadableTable;
@@ -191,6 +191,7 @@ fn damage_record(
         match what {
             RecordDamage::Grain => damage(&mut value[records]),
             RecordDamage::Directory => damage(&mut value[directory.expect("a run")]),
+            RecordDamage::Version => damage(&mut value[..1]),
         }
         table.insert(key, value.as_slice()).unwrap();
     }
@@ -203,6 +204,8 @@ fn damage_record(
 enum RecordDamage {
     Grain,
     Directory,
+    /// The value's first byte.
+    Version,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,6 +349,24 @@ async fn damaged_run_directory_fails_its_grains_only() {
     // The flow's range is taken from the intact last run.
     let info = store.get_flow(flow.id).await.unwrap().expect("the flow");
     assert_eq!(info.timerange, tr("[0:0_14:40000000)"));
+    // Writes the damaged run may cover fail, alone: other flows' writes committed in
+    // the same transactions go through.
+    let other = create(&store, flow_of(Format::Video)).await;
+    let inside = frame(&flow, ts("5:500000000"), 100, 5);
+    let (refused, others) = tokio::join!(
+        write(&store, flow.id, [inside.clone()]),
+        futures::future::join_all((0..32).map(|s| write(
+            &store,
+            other.id,
+            [frame(&other, secs(s), 100, 1)]
+        )))
+    );
+    match refused {
+        Err(StoreError::Corrupt(what)) => assert!(what.contains("0:0"), "{what}"),
+        other => panic!("a write inside a damaged run gave {other:?}"),
+    }
+    assert!(others.iter().all(Result::is_ok), "{others:?}");
+    assert_eq!(read_all(&store, other.id).await.len(), 32);
     // A delete that takes the run's first grain takes the damaged run whole (its grains
     // cannot be told apart, and none can be read); it counts as one.
     assert_eq!(
@@ -357,6 +378,68 @@ async fn damaged_run_directory_fails_its_grains_only() {
     );
     let left = read_all(&store, flow.id).await;
     assert_eq!(stamps(&left), (10..15).map(secs).collect::<Vec<_>>());
+    write(&store, flow.id, [inside]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_a_damaged_version_byte_is_not_read_as_one_grain() {
+    let dir = TempDir::new().unwrap();
+    let config = || configured(dir.path(), StoreSetup::default());
+    let store = open(config()).await;
+    let flow = create(&store, video_flow()).await;
+    let sent: Vec<Grain> = (0..10).map(|s| frame(&flow, secs(s), 100, 5)).collect();
+    write(&store, flow.id, sent.clone()).await.unwrap();
+    drop(store);
+    // Version 3 (a run) turned into 2 (one grain's record).
+    let held = damage_record(dir.path(), flow.id, secs(3), RecordDamage::Version, |v| {
+        v[0] ^= 0x01
+    });
+    assert_eq!(held, 10);
+
+    let store = open(config()).await;
+    let session = store.open_read(flow.id).await.unwrap();
+    for s in [0, 3, 9] {
+        assert!(
+            matches!(
+                session.get(secs(s), true).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "grain {s} of the damaged run"
+        );
+    }
+    for range in ["_", "[3:0_)", "(2:0_5:0]"] {
+        for order in [Order::Ascending, Order::Descending] {
+            assert!(
+                matches!(
+                    collect(&session, query(tr(range), order, None)).await,
+                    Err(StoreError::Corrupt(_))
+                ),
+                "{range} {order:?}"
+            );
+        }
+    }
+    drop(session);
+    // Neither a grain of it nor one after it can be written over it.
+    for s in [3, 20] {
+        assert!(
+            matches!(
+                write(&store, flow.id, [frame(&flow, secs(s), 100, 6)]).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "a write at {s}"
+        );
+    }
+    assert_eq!(
+        store
+            .delete_grains(flow.id, &tr("[0:0_0:0]"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(read_all(&store, flow.id).await.is_empty());
+    write(&store, flow.id, [frame(&flow, secs(20), 100, 6)])
+        .await
+        .unwrap();
 }
 
 async fn snapshot_of(store: &EmbeddedStore) -> (Vec<grainstore::store::FlowInfo>, Vec<Vec<Grain>>) {

@@ -388,6 +388,11 @@ impl State {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let mut table = txn.open_table(GRAINS).map_err(engine)?;
+        // A damaged index value that this batch's grains would meet fails the batch, and
+        // only it, before anything of it is applied.
+        if let Some(damage) = damage_among(&table, flow, grains)? {
+            return Ok(Err(damage));
+        }
         let mut outcome = BatchOutcome::default();
         let mut conflict = None;
         // The recent-grains cache takes the end of each batch only: all of a live
@@ -754,6 +759,46 @@ enum Held {
     InRun(i128, Vec<u8>),
 }
 
+/// The first damaged index value among those the grains' timestamps fall in or after:
+/// every value from the one holding the earliest to the one holding the latest.
+/// Writing the grains reads those values (to find a stored grain, or a run to split),
+/// and a damaged run's span is unknown: it fails the writes it may cover until it is
+/// deleted.
+fn damage_among(
+    table: &redb::Table<'_, (u128, i128), &'static [u8]>,
+    flow: FlowId,
+    grains: &[Grain],
+) -> Result<Option<StoreError>, StoreError> {
+    let stamps = grains.iter().map(|g| g.origin_timestamp().to_nanos());
+    let (Some(first), Some(last)) = (stamps.clone().min(), stamps.max()) else {
+        return Ok(None);
+    };
+    let flow = flow.as_u128();
+    let from = with_entry_before(table, flow, KeyBound::Included((flow, first)), |key, _| {
+        Ok(key)
+    })?
+    .unwrap_or(first);
+    for entry in table.range((flow, from)..=(flow, last)).map_err(engine)? {
+        let (key, value) = entry.map_err(engine)?;
+        let (key, value) = (key.value().1, value.value());
+        let damage = if record::is_run(value) || record::was_run(value) {
+            record::Entry::read(key, value).err()
+        } else if grains
+            .iter()
+            .any(|g| g.origin_timestamp().to_nanos() == key)
+        {
+            // A damaged grain matters to a write at its own timestamp only.
+            record::decode(value).err()
+        } else {
+            None
+        };
+        if let Some(e) = damage {
+            return Ok(Some(at_key(key, e)));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether no stored grain lies within the timestamps of `grains` (in increasing order):
 /// no key among them, and no run keyed before the first reaching it.
 fn span_is_free(
@@ -773,10 +818,7 @@ fn span_is_free(
         if key >= first {
             return Ok(false);
         }
-        if !record::is_run(value) {
-            return Ok(true);
-        }
-        // A damaged run: the grains go one at a time, and meet the damage there.
+        // A damaged value was refused by `damage_among`.
         Ok(record::Entry::read(key, value).is_ok_and(|run| run.last() < first))
     })?;
     Ok(free.unwrap_or(true))

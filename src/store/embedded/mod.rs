@@ -531,7 +531,7 @@ where
     let reaches = |t: i128| within(t, &(lo, KeyBound::Unbounded));
     let run = with_entry_before(table, flow, before, |key, value| {
         if !record::is_run(value) {
-            return Ok(None);
+            return Ok(record::was_run(value).then_some((key, true)));
         }
         Ok(match record::Entry::read(key, value) {
             Ok(run) => reaches(run.last()).then_some((key, false)),
@@ -742,6 +742,8 @@ impl Snapshot for EmbeddedSnapshot {
             let upto = KeyBound::Included((flow, t));
             with_entry_before(&table, flow, upto, |key, value| {
                 if key != t && !record::is_run(value) {
+                    // A run whose version byte is damaged fails here.
+                    record::Entry::read(key, value).map_err(|e| at_key(key, e))?;
                     return Ok(None);
                 }
                 let entry = record::Entry::read(key, value).map_err(|e| at_grain(timestamp, e))?;

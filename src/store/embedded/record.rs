@@ -47,7 +47,9 @@
 //! Timestamps are strictly increasing, and no other key of the flow lies between a
 //! run's first and last timestamp: the index value holding a grain is always the last
 //! one keyed at or before its timestamp. Each record keeps its own checksum, so damage
-//! to one fails that grain; damage to the directory fails the run's grains.
+//! to one fails that grain. Damage to the directory (or the version byte) fails the
+//! run's grains, and the writes that may land in its span, which is then unknown, until
+//! a delete takes the run's first grain and with it the run.
 //!
 //! Why: redb's cost is per B-tree insert (a descent, a leaf rewritten, pages tracked),
 //! so a thousand 200-byte grains cost a thousand inserts. Measured with redb 2.6.4 on
@@ -189,6 +191,21 @@ pub fn is_run(value: &[u8]) -> bool {
     value.first() == Some(&VERSION_RUN)
 }
 
+/// Whether a value that does not read as a run was one whose version byte is damaged:
+/// its directory passes its checksum once the version is put back.
+pub fn was_run(value: &[u8]) -> bool {
+    if value.len() < RUN_HEAD || is_run(value) {
+        return false;
+    }
+    let count = u16::from_le_bytes([value[2], value[3]]) as usize;
+    let checked = RUN_HEAD + count * RUN_MEMBER;
+    if count < 2 || value.len() < checked + 4 {
+        return false;
+    }
+    let stored = u32::from_le_bytes(value[checked..checked + 4].try_into().unwrap());
+    crc32c::crc32c_append(crc32c::crc32c(&[VERSION_RUN]), &value[1..checked]) == stored
+}
+
 /// An index value read as the grains it holds: one record, or a run's.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry<'a> {
@@ -200,10 +217,14 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
-    /// Reads the value stored under timestamp `key`. A run's directory is checked; the
-    /// records are not (each is checked when decoded).
+    /// Reads the value stored under timestamp `key`. A run's directory is checked (and
+    /// a run whose version byte is damaged is not taken for one grain); the records are
+    /// not (each is checked when decoded).
     pub fn read(key: i128, value: &'a [u8]) -> Result<Entry<'a>, StoreError> {
         if !is_run(value) {
+            if was_run(value) {
+                return Err(corrupt("run of grains: a damaged version"));
+            }
             return Ok(Entry {
                 key,
                 directory: &[],
@@ -564,15 +585,25 @@ mod tests {
     fn any_damaged_byte_of_a_run_directory_fails_the_run() {
         let (value, members) = run();
         let directory_end = RUN_HEAD + 3 * RUN_MEMBER + 4;
-        for at in 1..directory_end {
+        for at in 0..directory_end {
             for flip in [0x01u8, 0x80] {
                 let mut damaged = value.clone();
                 damaged[at] ^= flip;
+                // A damaged version byte makes it read as one grain, whose record fails,
+                // and which is told apart from a damaged single record.
+                let read = Entry::read(members[0].0, &damaged).and_then(|e| decode(e.record(0)));
                 assert!(
-                    Entry::read(members[0].0, &damaged).is_err(),
+                    read.is_err(),
                     "byte {at} ^ {flip:#x} of the directory went unnoticed"
                 );
+                assert_eq!(was_run(&damaged), at == 0, "byte {at} ^ {flip:#x}");
             }
+        }
+        // A damaged single record is not taken for a run.
+        for at in 0..members[0].1.len() {
+            let mut damaged = members[0].1.clone();
+            damaged[at] ^= 0x01;
+            assert!(!was_run(&damaged), "byte {at} of a record");
         }
         // Stored under another key, or cut short.
         assert!(Entry::read(members[0].0 + 1, &value).is_err());
