@@ -514,9 +514,14 @@ pub struct StageLimit {
 }
 
 /// A default that keeps memory small and still amortises commits over many grains.
+///
+/// An upload holds two batches at most (one staged while the other commits). With 1 MiB
+/// grains, 16 MiB batches took one streaming 512 MiB POST from 0.51-0.55x to 0.77-0.92x
+/// the MB/s of `dd bs=1M conv=fdatasync` in the same runs (fewer, larger syncs), with a
+/// peak resident size of 58-60 MiB, and 84.5 MiB over a 10 GiB POST.
 pub const DEFAULT_STAGE: StageLimit = StageLimit {
     grains: 4096,
-    bytes: 8 << 20,
+    bytes: 16 << 20,
 };
 
 /// A scoped write to one flow: stage grains, commit them; what is staged and not
