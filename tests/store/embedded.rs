@@ -275,6 +275,11 @@ async fn damaged_index_record_fails_its_grain_only() {
     drop(stream);
     drop(session);
 
+    // A write at a damaged grain's timestamp fails, and only that write.
+    assert!(matches!(
+        write(&store, flow.id, [frame(&flow, secs(1), 100, 8)]).await,
+        Err(StoreError::Corrupt(_))
+    ));
     // The flow still answers: its range ends at the damaged last grain, inclusively,
     // as for a grain without a duration.
     let info = store.get_flow(flow.id).await.unwrap().expect("the flow");

@@ -759,8 +759,9 @@ enum Held {
     InRun(i128, Vec<u8>),
 }
 
-/// The first damaged index value among those the grains' timestamps fall in or after:
-/// every value from the one holding the earliest to the one holding the latest.
+/// The first damage that writing `grains` would meet: a damaged index value among those
+/// from the one holding the earliest grain to the one holding the latest, or the
+/// damaged record of a grain stored at one of their timestamps.
 /// Writing the grains reads those values (to find a stored grain, or a run to split),
 /// and a damaged run's span is unknown: it fails the writes it may cover until it is
 /// deleted.
@@ -782,15 +783,21 @@ fn damage_among(
         let (key, value) = entry.map_err(engine)?;
         let (key, value) = (key.value().1, value.value());
         let damage = if record::is_run(value) || record::was_run(value) {
-            record::Entry::read(key, value).err()
-        } else if grains
-            .iter()
-            .any(|g| g.origin_timestamp().to_nanos() == key)
-        {
-            // A damaged grain matters to a write at its own timestamp only.
-            record::decode(value).err()
+            match record::Entry::read(key, value) {
+                Err(e) => Some(e),
+                // And the records of the run's grains that the batch writes again.
+                Ok(run) => grains.iter().find_map(|g| {
+                    let i = run.find(g.origin_timestamp().to_nanos())?;
+                    record::decode(run.record(i)).err()
+                }),
+            }
         } else {
-            None
+            // A damaged grain matters to a write at its own timestamp only.
+            record::decode(value).err().filter(|_| {
+                grains
+                    .iter()
+                    .any(|g| g.origin_timestamp().to_nanos() == key)
+            })
         };
         if let Some(e) = damage {
             return Ok(Some(at_key(key, e)));
