@@ -326,15 +326,7 @@ async fn damaged_run_directory_fails_its_grains_only() {
 
     let store = open(config()).await;
     let session = store.open_read(flow.id).await.unwrap();
-    for s in [0, 3, 9] {
-        assert!(
-            matches!(
-                session.get(secs(s), true).await,
-                Err(StoreError::Corrupt(_))
-            ),
-            "grain {s} of the damaged run"
-        );
-    }
+    assert_gets_fail(&session, &[0, 3, 9]).await;
     for s in [10, 14] {
         assert_stored(
             &session.get(secs(s), true).await.unwrap().unwrap(),
@@ -403,15 +395,7 @@ async fn run_with_a_damaged_version_byte_is_not_read_as_one_grain() {
 
     let store = open(config()).await;
     let session = store.open_read(flow.id).await.unwrap();
-    for s in [0, 3, 9] {
-        assert!(
-            matches!(
-                session.get(secs(s), true).await,
-                Err(StoreError::Corrupt(_))
-            ),
-            "grain {s} of the damaged run"
-        );
-    }
+    assert_gets_fail(&session, &[0, 3, 9]).await;
     for range in ["_", "[3:0_)", "(2:0_5:0]"] {
         for order in [Order::Ascending, Order::Descending] {
             assert!(
@@ -445,6 +429,19 @@ async fn run_with_a_damaged_version_byte_is_not_read_as_one_grain() {
     write(&store, flow.id, [frame(&flow, secs(20), 100, 6)])
         .await
         .unwrap();
+}
+
+/// Asserts that the grains at these seconds fail to read as corrupt.
+async fn assert_gets_fail(session: &grainstore::store::ReadSession, seconds: &[i64]) {
+    for &s in seconds {
+        assert!(
+            matches!(
+                session.get(secs(s), true).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "grain {s} of the damaged run"
+        );
+    }
 }
 
 async fn snapshot_of(store: &EmbeddedStore) -> (Vec<grainstore::store::FlowInfo>, Vec<Vec<Grain>>) {
