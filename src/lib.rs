@@ -10,6 +10,7 @@
 //! - [`config`]: the service's configuration (`config/default.toml`, environment, file).
 //! - [`api`]: the HTTP service built on axum.
 //! - [`server`]: binding, serving and graceful shutdown.
+//! - [`logging`]: the service's log output.
 //! - `client` (feature `client`, on by default): the `FlowProvider` API over HTTP — flow
 //!   readers, live grain streams and writers.
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod grain;
 pub mod gsf;
+pub mod logging;
 pub mod server;
 mod stall;
 pub mod store;

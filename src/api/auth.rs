@@ -66,7 +66,8 @@ pub fn required_scope(route: Option<&str>, method: &Method) -> Option<Scope> {
     })
 }
 
-/// Who a request comes from, put in the request's extensions by the auth layer.
+/// Who a request comes from: what the auth layer makes of its credentials, for the live
+/// stream limits per credential and the request span.
 #[derive(Clone, Debug)]
 pub struct Principal {
     /// A stable name for logs and per-credential limits: a token's configured name, a
@@ -80,8 +81,11 @@ pub struct Principal {
 impl Principal {
     /// The caller of a service without access control.
     pub fn anonymous() -> Principal {
+        /// Shared: every request of a service without access control has this principal.
+        static ID: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("anonymous"));
         Principal {
-            id: Arc::from("anonymous"),
+            id: ID.clone(),
             anonymous: true,
             scopes: Scope::Admin.bit(),
         }

@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawPathParams, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 
 use super::body::{gsf_body, gsf_frame, gsf_pages_body, ndjson_body};
 use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
-    GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
+    Accept, GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
 };
 use super::sessions::{FlowRead, FlowWrite};
 use super::{ApiError, ApiResult, AppState, live};
@@ -46,7 +47,7 @@ pub async fn read(
         false,
     )?;
     let media = negotiate(
-        &headers,
+        headers.get(header::ACCEPT),
         &[GrainMedia::Gsf, GrainMedia::Ndjson, GrainMedia::EventStream],
     )?;
     if media == GrainMedia::EventStream {
@@ -485,14 +486,18 @@ fn path_grain(id: &str, timestamp: &str) -> ApiResult<(FlowId, Timestamp)> {
 pub async fn get_one(
     State(state): State<AppState>,
     FlowRead { flow, session }: FlowRead,
-    Path((_, timestamp)): Path<(String, String)>,
+    path: RawPathParams,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    Accept(accept): Accept,
 ) -> ApiResult<Response> {
     QueryParams::parse(raw.as_deref(), &[], false)?;
-    let timestamp = parse_timestamp("timestamp", &timestamp)?;
+    let timestamp = path
+        .iter()
+        .find_map(|(name, value)| (name == "timestamp").then_some(value))
+        .unwrap_or_default();
+    let timestamp = parse_timestamp("timestamp", timestamp)?;
     let media = negotiate(
-        &headers,
+        accept.as_ref(),
         &[
             GrainMedia::Raw,
             GrainMedia::Json,
@@ -536,35 +541,94 @@ pub async fn get_one(
     Ok(response)
 }
 
+static GRAIN_TYPE: HeaderName = HeaderName::from_static("grain-type");
+static GRAIN_FLOW_ID: HeaderName = HeaderName::from_static("grain-flow-id");
+static GRAIN_SOURCE_ID: HeaderName = HeaderName::from_static("grain-source-id");
+static GRAIN_ORIGIN_TIMESTAMP: HeaderName = HeaderName::from_static("grain-origin-timestamp");
+static GRAIN_SYNC_TIMESTAMP: HeaderName = HeaderName::from_static("grain-sync-timestamp");
+static GRAIN_CREATION_TIMESTAMP: HeaderName = HeaderName::from_static("grain-creation-timestamp");
+static GRAIN_RATE: HeaderName = HeaderName::from_static("grain-rate");
+static GRAIN_DURATION: HeaderName = HeaderName::from_static("grain-duration");
+
 /// Sets `Content-Type: application/octet-stream` and the `Grain-*` headers.
+///
+/// On the path of every single-grain read: the names are built once, the values are
+/// written into one buffer that they all share, and the map is grown once for them and
+/// for what the middleware and hyper add.
 fn grain_headers(headers: &mut HeaderMap, grain: &Grain) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
+    let mut text = BytesMut::with_capacity(256);
+    let mut values: [(&HeaderName, usize, usize); 8] = [(&GRAIN_TYPE, 0, 0); 8];
+    let mut count = 0;
+    let mut put = |name: &'static HeaderName, value: &[u8]| {
+        let start = text.len();
+        text.extend_from_slice(value);
+        values[count] = (name, start, text.len());
+        count += 1;
     };
-    set("content-type", "application/octet-stream".into());
-    set("grain-type", grain.grain_type().as_str().into());
-    set("grain-flow-id", grain.flow_id().to_string());
-    set("grain-source-id", grain.source_id().to_string());
-    set(
-        "grain-origin-timestamp",
-        grain.origin_timestamp().to_string(),
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    put(&GRAIN_TYPE, grain.grain_type().as_str().as_bytes());
+    put(
+        &GRAIN_FLOW_ID,
+        grain
+            .flow_id()
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
     );
-    set("grain-sync-timestamp", grain.sync_timestamp().to_string());
+    put(
+        &GRAIN_SOURCE_ID,
+        grain
+            .source_id()
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
+    );
+    put(
+        &GRAIN_ORIGIN_TIMESTAMP,
+        grain.origin_timestamp().text().as_str().as_bytes(),
+    );
+    put(
+        &GRAIN_SYNC_TIMESTAMP,
+        grain.sync_timestamp().text().as_str().as_bytes(),
+    );
     if let Some(created) = grain.creation_timestamp() {
-        set("grain-creation-timestamp", created.to_string());
+        put(
+            &GRAIN_CREATION_TIMESTAMP,
+            created.text().as_str().as_bytes(),
+        );
     }
+    let mut ratio = [0u8; 48];
     let rate = grain.rate();
-    set(
-        "grain-rate",
-        format!("{}/{}", rate.numerator, rate.denominator),
+    put(
+        &GRAIN_RATE,
+        ratio_text(&mut ratio, rate.numerator, rate.denominator),
     );
     let duration = grain.duration();
-    set(
-        "grain-duration",
-        format!("{}/{}", duration.numerator, duration.denominator),
+    put(
+        &GRAIN_DURATION,
+        ratio_text(&mut ratio, duration.numerator, duration.denominator),
     );
+    let text = text.freeze();
+    headers.reserve(16);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    for &(name, start, end) in &values[..count] {
+        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// `n/d` written into `buf`.
+fn ratio_text(buf: &mut [u8; 48], n: i64, d: i64) -> &[u8] {
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (n, d) = (a.format(n).as_bytes(), b.format(d).as_bytes());
+    buf[..n.len()].copy_from_slice(n);
+    buf[n.len()] = b'/';
+    buf[n.len() + 1..n.len() + 1 + d.len()].copy_from_slice(d);
+    &buf[..n.len() + 1 + d.len()]
 }
 
 /// `PUT /flows/{id}/grains/{timestamp}`: one grain, as a JSON grain (`application/json`)

@@ -1,9 +1,10 @@
 //! The service's middleware, outermost first:
 //!
-//! 1. panic catching: a handler panic becomes a 500 problem, the server goes on;
-//! 2. request ids: `x-request-id` taken from the client or made, echoed in the response;
-//! 3. tracing: one span per request carrying its id, method and path;
-//! 4. metrics: requests by route and status, time to response headers;
+//! 1. request ids: `x-request-id` taken from the client or made, echoed in the response;
+//! 2. tracing: one span per request carrying its id, method and path;
+//! 3. metrics: requests by route and status, time to response headers;
+//! 4. panic catching: a handler panic becomes a 500 problem (logged in the request's
+//!    span, counted, with its request id), the server goes on;
 //! 5. load shedding: past `server.max_concurrent_requests` requests in their handlers, a
 //!    request is refused at once with 503 and `Retry-After` instead of queueing;
 //! 6. CORS, as configured (outside authentication: preflights carry no credentials, and
@@ -16,11 +17,13 @@
 //!    place in `live.max_streams` (503) and `live.max_streams_per_credential` (429),
 //!    held by the response body until it ends;
 //! 9. a deadline for reaching response headers (not applied to uploads, which are
-//!    bounded by the body idle timeout instead, nor to the streams after their headers);
+//!    bounded by the body idle timeout instead, nor to the streams after their headers;
+//!    its timer is set only if the handler does not answer at its first poll);
 //! 10. compression of JSON responses only (never GSF, NDJSON or event streams, whose
-//!     payloads are media and whose latency matters).
+//!     payloads are media and whose latency matters), applied to the handler's finished
+//!     response, so that other responses never pass through it.
 //!
-//! Steps 2 to 9 are one service, [`Edge`], with one future per request: axum clones a
+//! All of it is one service, [`Edge`], with one future per request: axum clones a
 //! route's whole middleware stack for every request, and as separate layers (each
 //! boxed, several holding allocated configuration) the clones and their futures cost
 //! more than the handler of a single-grain GET. CORS is tower-http's, run for requests
@@ -46,10 +49,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::Predicate;
-use tower_http::compression::{CompressionBody, CompressionLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
@@ -70,32 +72,23 @@ pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
     let edge = Edge::new(state.clone(), authenticator);
     // One layer, so one boxed route service per route: axum boxes each `layer` call's
     // result separately and clones every box per request.
-    routes
-        .layer(
-            ServiceBuilder::new()
-                .layer(CatchPanicLayer::custom(
-                    |panic: Box<dyn std::any::Any + Send>| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown".into());
-                        tracing::error!(panic = %what, "handler panicked");
-                        ApiError::internal(
-                            "the request failed inside the service; it has been logged",
-                        )
-                        .into_response()
-                    },
-                ))
-                .layer(edge)
-                .map_response(|response: Response<CompressionBody<Body>>| response.map(Body::new))
-                .layer(CompressionLayer::new().compress_when(JsonOnly)),
-        )
-        .with_state(state)
+    routes.layer(edge).with_state(state)
 }
 
-/// Request ids, tracing, metrics, load shedding, CORS, authentication, live stream
-/// limits and the response deadline, as one layer (see the module docs).
+/// The 500 problem a handler's panic becomes; the panic is logged in the request's span.
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    tracing::error!(panic = %what, "handler panicked");
+    ApiError::internal("the request failed inside the service; it has been logged").into_response()
+}
+
+/// Request ids, tracing, metrics, panic catching, load shedding, CORS, authentication,
+/// live stream limits, the response deadline and compression, as one layer (see the
+/// module docs).
 #[derive(Clone)]
 pub struct Edge {
     shared: Arc<EdgeShared>,
@@ -108,6 +101,8 @@ struct EdgeShared {
     /// Places for requests in their handlers (`server.max_concurrent_requests`).
     slots: Arc<Semaphore>,
     cors: CorsLayer,
+    /// Applied to JSON responses only, after the handler (see [`EdgeShared::compress`]).
+    compression: CompressionLayer<JsonOnly>,
     /// What `cors` adds to the response of a request without `Origin` (not `OPTIONS`).
     cors_plain: HeaderMap,
     deadline: Duration,
@@ -125,6 +120,7 @@ impl Edge {
             auth,
             cors,
             cors_plain,
+            compression: CompressionLayer::new().compress_when(JsonOnly),
         };
         Edge {
             shared: Arc::new(shared),
@@ -185,7 +181,9 @@ impl EdgeShared {
         let id = match request.headers().get(&REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let made = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                let made = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+                let made = HeaderValue::from_str(made)
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
                 request
                     .headers_mut()
@@ -193,12 +191,14 @@ impl EdgeShared {
                 made
             }
         };
+        // Fields by `Display`: the log formatter writes them out as the span is made, and
+        // `Debug` escapes strings character by character.
         let span = tracing::info_span!(
             "request",
-            request_id = id.to_str().unwrap_or(""),
+            request_id = %id.to_str().unwrap_or(""),
             method = %request.method(),
             // The path only: the query may hold an `access_token`.
-            path = request.uri().path(),
+            path = %request.uri().path(),
             principal = tracing::field::Empty,
         );
         let this = self.clone();
@@ -206,7 +206,11 @@ impl EdgeShared {
             let started = Instant::now();
             let route = request.extensions().get::<MatchedPath>().cloned();
             let method = request.method().clone();
-            let response = this.clone().shed_and_serve(request, inner).await;
+            let response =
+                std::panic::AssertUnwindSafe(this.clone().shed_and_serve(request, inner))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(panic_response);
             let status = response.status();
             let elapsed = started.elapsed();
             this.state.metrics.record_request(
@@ -251,11 +255,8 @@ impl EdgeShared {
         };
         let browser =
             request.headers().contains_key(header::ORIGIN) || request.method() == Method::OPTIONS;
-        let this = self.clone();
-        let rest: Inner =
-            Box::new(move |request| Box::pin(this.authorize_and_serve(request, inner)));
         if !browser {
-            let mut response = rest(request).await;
+            let mut response = self.clone().authorize_and_serve(request, inner).await;
             let headers = response.headers_mut();
             for (name, value) in &self.cors_plain {
                 if name == header::VARY {
@@ -266,6 +267,9 @@ impl EdgeShared {
             }
             return response;
         }
+        let this = self.clone();
+        let rest: Inner =
+            Box::new(move |request| Box::pin(this.authorize_and_serve(request, inner)));
         let rest = std::sync::Mutex::new(Some(rest));
         let service = tower::service_fn(move |request: Request| {
             let rest = rest.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -290,11 +294,11 @@ impl EdgeShared {
     {
         // Taken out of every request, so handlers' strict query parsing never sees it.
         let query_token = auth::take_query_token(request.uri_mut());
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned());
-        if let Some(scope) = auth::required_scope(route.as_deref(), request.method()) {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let mut caller = None;
+        if let Some(scope) =
+            auth::required_scope(route.as_ref().map(MatchedPath::as_str), request.method())
+        {
             let principal = (|| {
                 let query_token = query_token?;
                 if query_token.is_some() && !auth::is_event_stream(request.headers()) {
@@ -319,23 +323,32 @@ impl EdgeShared {
                     return self.auth.unauthorized(&failure).into_response();
                 }
             };
-            tracing::Span::current().record("principal", &*principal.id);
+            if !principal.anonymous {
+                tracing::Span::current().record("principal", &*principal.id);
+            }
             if !principal.allows(scope) {
                 tracing::debug!(principal = %principal.id, ?scope, "scope missing");
-                let route = route.unwrap_or_else(|| request.uri().path().to_owned());
+                let route = route
+                    .as_ref()
+                    .map_or(request.uri().path(), MatchedPath::as_str);
                 return self
                     .auth
-                    .forbidden(scope, request.method(), &route)
+                    .forbidden(scope, request.method(), route)
                     .into_response();
             }
-            request.extensions_mut().insert(principal);
+            caller = Some(principal);
         }
-        self.limit_streams_and_serve(request, inner).await
+        self.limit_streams_and_serve(request, caller, inner).await
     }
 
     /// Bounds the live streams open at once (the place is held by the response body),
     /// and bounds the time to response headers.
-    async fn limit_streams_and_serve<S>(&self, request: Request, inner: S) -> Response
+    async fn limit_streams_and_serve<S>(
+        &self,
+        request: Request,
+        caller: Option<Principal>,
+        inner: S,
+    ) -> Response
     where
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
@@ -350,26 +363,28 @@ impl EdgeShared {
         let upload = request.method() == Method::POST
             && matched.is_some_and(|p| p.as_str() == "/flows/{id}/grains");
         let permit = if is_live {
-            let anonymous = Principal::anonymous();
-            let principal = request
-                .extensions()
-                .get::<Principal>()
-                .unwrap_or(&anonymous);
-            match self.streams.acquire(principal) {
+            let principal = caller.unwrap_or_else(Principal::anonymous);
+            match self.streams.acquire(&principal) {
                 Ok(permit) => Some(permit),
                 Err(problem) => return problem.into_response(),
             }
         } else {
             None
         };
+        let accept_encoding = request.headers().get(header::ACCEPT_ENCODING).cloned();
+        let started = tokio::time::Instant::now();
         let serve = inner.oneshot(request).map(|r| match r {
             Ok(response) => response,
             Err(never) => match never {},
         });
+        let mut serve = std::pin::pin!(serve);
         let response = if upload {
             serve.await
+        } else if let Poll::Ready(response) = futures::poll!(serve.as_mut()) {
+            // Answered without waiting (a grain from memory, say): no timer to set.
+            response
         } else {
-            match tokio::time::timeout(self.deadline, serve).await {
+            match tokio::time::timeout_at(started + self.deadline, serve).await {
                 Ok(response) => response,
                 Err(_) => {
                     let mut problem = ApiError::new(
@@ -387,7 +402,10 @@ impl EdgeShared {
             }
         };
         let Some(permit) = permit else {
-            return response;
+            return match accept_encoding {
+                Some(accepted) => self.compress(accepted, response).await,
+                None => response,
+            };
         };
         if !response.status().is_success() {
             return response;
@@ -399,6 +417,30 @@ impl EdgeShared {
                 chunk
             }))
         })
+    }
+}
+
+impl EdgeShared {
+    /// Compresses a JSON response for a client that accepts a compression (tower-http's
+    /// compression, run on the finished response): other responses, and requests without
+    /// `Accept-Encoding`, never pass through it.
+    async fn compress(&self, accepted: HeaderValue, response: Response) -> Response {
+        if !JsonOnly.should_compress(&response) {
+            return response;
+        }
+        let mut probe = Request::new(Body::empty());
+        probe
+            .headers_mut()
+            .insert(header::ACCEPT_ENCODING, accepted);
+        let mut response = Some(response);
+        let service = tower::service_fn(move |_: Request| {
+            let response = response.take().unwrap_or_default();
+            async move { Ok::<_, Infallible>(response) }
+        });
+        match self.compression.layer(service).oneshot(probe).await {
+            Ok(response) => response.map(Body::new),
+            Err(never) => match never {},
+        }
     }
 }
 
@@ -465,4 +507,61 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     }
     let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     base.allow_origin(AllowOrigin::list(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn a_handler_panic_is_a_counted_500_problem_with_the_request_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let overrides = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::load_from(None, [], &overrides).expect("config");
+        let store = EmbeddedStore::open(config.embedded()).expect("store");
+        let state = AppState::new(Arc::new(store), config);
+        let routes = Router::new().route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("boom");
+                }
+                "never"
+            }),
+        );
+        let app = stack(routes, state.clone());
+        for id in ["first", "second"] {
+            let request = Request::get("/boom")
+                .header(&REQUEST_ID, id)
+                .body(Body::empty())
+                .expect("request");
+            let response = app.clone().oneshot(request).await.expect("response");
+            assert_eq!(response.status(), 500);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+            assert_eq!(response.headers()[&REQUEST_ID], id);
+        }
+        let gauges = super::super::metrics::Gauges {
+            sessions_active: 0,
+            sessions_max: 0,
+            live_streams: 0,
+            live_fanouts: 0,
+        };
+        let text = state.metrics.render(&gauges);
+        assert!(
+            text.contains(
+                r#"grainstore_http_requests_total{route="/boom",method="GET",status="500"} 2"#
+            ),
+            "{text}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! Strict parsing of what clients put in paths, query strings and headers: every value
 //! parses to a typed value or to a 400 that names the parameter and what is wrong.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use uuid::Uuid;
 
@@ -225,10 +227,22 @@ pub enum GrainMedia {
     Raw,
 }
 
+/// The request's `Accept` header alone, for handlers that need no other header (taking
+/// the whole `HeaderMap` copies every header).
+pub struct Accept(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Accept {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Accept(parts.headers.get(header::ACCEPT).cloned()))
+    }
+}
+
 /// Picks the representation from `Accept` among `offered` (in preference order, the first
 /// being the default for `*/*` or no `Accept`).
-pub fn negotiate(headers: &HeaderMap, offered: &[GrainMedia]) -> ApiResult<GrainMedia> {
-    let Some(accept) = headers.get(header::ACCEPT) else {
+pub fn negotiate(accept: Option<&HeaderValue>, offered: &[GrainMedia]) -> ApiResult<GrainMedia> {
+    let Some(accept) = accept else {
         return Ok(offered[0]);
     };
     let accept = accept

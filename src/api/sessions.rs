@@ -5,9 +5,7 @@
 //! when the handler drops it or when the response stream that owns it ends, however it
 //! ends (finished, failed, or the client gone).
 
-use std::collections::HashMap;
-
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 
 use super::params::parse_uuid;
@@ -30,14 +28,18 @@ pub struct FlowWrite {
     pub session: WriteSession,
 }
 
-/// The `{id}` of the path, as a flow id.
+/// The `{id}` of the path, as a flow id. (The raw parameters, not `Path`: this runs on
+/// every grain request, and a `Path` map costs a deserializer and a `HashMap`.)
 async fn path_flow(parts: &mut Parts) -> Result<FlowId, ApiError> {
-    let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, &())
+    let params = RawPathParams::from_request_parts(parts, &())
         .await
         .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
-    let id = params.get("id").ok_or_else(|| {
-        ApiError::internal("a flow session was asked for on a route without a flow id")
-    })?;
+    let id = params
+        .iter()
+        .find_map(|(name, value)| (name == "id").then_some(value))
+        .ok_or_else(|| {
+            ApiError::internal("a flow session was asked for on a route without a flow id")
+        })?;
     parse_uuid("flow id", id)
 }
 

@@ -24,7 +24,7 @@ mod timestamp;
 pub use iso8601::Iso8601;
 pub use rational::Rational;
 pub use timerange::{Bound, RangeRounding, TimeRange};
-pub use timestamp::{Rounding, Timestamp};
+pub use timestamp::{Rounding, Timestamp, TimestampText};
 
 /// Why a time value could not be parsed or built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

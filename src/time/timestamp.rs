@@ -256,9 +256,47 @@ impl Neg for Timestamp {
 impl fmt::Display for Timestamp {
     /// The canonical `sec:nsec` form, e.g. `1420102800:40000000` or `-1:500000000`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.text().as_str())
+    }
+}
+
+/// The canonical `sec:nsec` text of a [`Timestamp`], formatted on the stack
+/// ([`Timestamp::text`]): for the places that write many timestamps, such as the
+/// `Grain-*` headers of every single-grain read.
+#[derive(Clone, Copy)]
+pub struct TimestampText {
+    /// `-`, up to 20 digits of seconds, `:`, up to 9 digits of nanoseconds.
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl TimestampText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, `-` and `:` are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl Timestamp {
+    /// The canonical `sec:nsec` text, without allocating; `to_string` gives the same.
+    pub fn text(self) -> TimestampText {
         let (negative, secs, nanos) = self.to_parts();
-        let sign = if negative { "-" } else { "" };
-        write!(f, "{sign}{secs}:{nanos}")
+        let mut text = TimestampText {
+            buf: [0; 32],
+            len: 0,
+        };
+        let mut push = |part: &[u8]| {
+            text.buf[text.len..text.len + part.len()].copy_from_slice(part);
+            text.len += part.len();
+        };
+        if negative {
+            push(b"-");
+        }
+        push(itoa::Buffer::new().format(secs).as_bytes());
+        push(b":");
+        push(itoa::Buffer::new().format(nanos).as_bytes());
+        text
     }
 }
 
