@@ -1,5 +1,6 @@
 //! The write path: plan a batch against what is stored, store its object, insert its
-//! rows in one transaction; and range deletes with object accounting.
+//! rows in one transaction (a batch of small grains is first inserted as if all were new,
+//! and planned only if that fails); and range deletes with object accounting.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,21 @@ async fn same_as_stored(
     Ok(existing.same_identity(grain))
 }
 
+impl Plan {
+    /// Every grain inserted: the plan of a batch that holds only new timestamps.
+    fn all_new(grains: &[Grain]) -> Plan {
+        let mut plan = Plan {
+            outcome: BatchOutcome::default(),
+            conflict: None,
+            insert: (0..grains.len()).collect(),
+        };
+        for grain in grains {
+            plan.outcome.note_written(grain.origin_timestamp());
+        }
+        plan
+    }
+}
+
 impl PgWriter {
     async fn plan(&self, grains: &[Grain]) -> Result<Plan, StoreError> {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) =
@@ -114,9 +130,18 @@ impl PgWriter {
         Ok(plan)
     }
 
-    /// One attempt: `Ok(None)` when a concurrent writer took a planned timestamp.
-    async fn attempt(&self, grains: &[Grain]) -> Result<Option<BatchResult>, StoreError> {
-        let plan = self.plan(grains).await?;
+    /// One attempt: `Ok(None)` when a concurrent writer took a planned timestamp, or,
+    /// `optimistic`, when any timestamp of the batch is taken (or repeated in it).
+    async fn attempt(
+        &self,
+        grains: &[Grain],
+        optimistic: bool,
+    ) -> Result<Option<BatchResult>, StoreError> {
+        let plan = if optimistic {
+            Plan::all_new(grains)
+        } else {
+            self.plan(grains).await?
+        };
         let inline_max = self.shared.inline_max;
         let now = Timestamp::now();
 
@@ -287,7 +312,8 @@ impl PgWriter {
             .await
             .map_err(pg_error)?;
         if inserted != n as u64 {
-            // A concurrent writer took a timestamp since the plan: plan again.
+            // A concurrent writer took a timestamp since the plan, or (optimistic) the
+            // batch holds a stored or repeated timestamp: plan (again).
             return Ok(None);
         }
         if let (Some(first), Some(last)) = (plan.outcome.first, plan.outcome.last) {
@@ -323,8 +349,20 @@ impl PgWriter {
 #[async_trait]
 impl GrainWriter for PgWriter {
     async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
+        // A batch of small grains is first inserted as if all its timestamps were new,
+        // the case of a writer appending, without the plan's lookup of every timestamp
+        // (a quarter to a third of PostgreSQL's time for a batch of 1,000, timed with psql): the insert takes every
+        // row or is rolled back, and the batch is then planned. Batches with payloads
+        // for the object store are planned first, so that a re-sent batch does not
+        // upload them again.
+        let inline_max = self.shared.inline_max;
+        if grains.iter().all(|g| g.payload().len() <= inline_max)
+            && let Some(result) = self.attempt(&grains, true).await?
+        {
+            return Ok(result);
+        }
         for attempt in 0..MAX_ATTEMPTS {
-            if let Some(result) = self.attempt(&grains).await? {
+            if let Some(result) = self.attempt(&grains, false).await? {
                 return Ok(result);
             }
             tracing::debug!(flow_id = %self.flow, attempt, "concurrent writers; planning the batch again");
