@@ -2,15 +2,14 @@
 //!
 //! The pretty format writes fields with [`PlainFields`] when the output is not a
 //! terminal (a file, `docker logs`): every request's span is formatted as it is made,
-//! on the path of every request, and tracing-subscriber's default field formatter
-//! styles each field even with colours off and grows its text a few bytes at a time.
+//! on the path of every request, and tracing-subscriber's default field formatter grows
+//! its text a few bytes at a time.
 
 use std::fmt::{self, Write};
 
-use tracing::field::{Field, Visit};
-use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 
 use crate::config::{Config, LogFormat};
 
@@ -30,40 +29,21 @@ pub fn init(config: &Config) {
     }
 }
 
-/// `name=value` fields separated by spaces, values by `Debug`, the message without its
-/// name: the default formatter's text without its styling. The fields are written to a
-/// stack buffer first and handed over in one piece, so that the span's text is
-/// allocated once.
+/// tracing-subscriber's default field formatting without colours (its own
+/// `DefaultVisitor`, so `log.*` fields are left out, control characters escaped and
+/// error sources listed as there), written to a stack buffer first and handed over in
+/// one piece, so that a span's text is allocated once instead of grown a few bytes at a
+/// time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainFields;
 
 impl<'w> FormatFields<'w> for PlainFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = PlainVisitor {
-            text: Text::default(),
-            first: true,
-        };
+        let mut text = Text::default();
+        let mut visitor = DefaultVisitor::new(Writer::new(&mut text), true);
         fields.record(&mut visitor);
-        writer.write_str(visitor.text.as_str())
-    }
-}
-
-struct PlainVisitor {
-    text: Text,
-    first: bool,
-}
-
-impl Visit for PlainVisitor {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if !self.first {
-            let _ = self.text.write_char(' ');
-        }
-        self.first = false;
-        if field.name() != "message" {
-            let _ = self.text.write_str(field.name());
-            let _ = self.text.write_char('=');
-        }
-        let _ = write!(self.text, "{value:?}");
+        visitor.finish()?;
+        writer.write_str(text.as_str())
     }
 }
 
@@ -120,8 +100,11 @@ impl Write for Text {
 mod tests {
     use super::*;
 
-    /// Formats the fields of one event with [`PlainFields`].
-    fn plain(event: impl FnOnce()) -> String {
+    /// Formats one event (and its spans) with `fields`, without colours.
+    fn render<F>(fields: F, event: impl FnOnce()) -> String
+    where
+        F: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
         use std::sync::{Arc, Mutex};
         #[derive(Clone, Default)]
         struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -140,8 +123,7 @@ mod tests {
             .with_ansi(false)
             .without_time()
             .with_target(false)
-            .with_level(false)
-            .fmt_fields(PlainFields)
+            .fmt_fields(fields)
             .with_writer(move || out.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, event);
@@ -149,23 +131,59 @@ mod tests {
         String::from_utf8(bytes).expect("utf-8")
     }
 
-    #[test]
-    fn fields_are_name_value_pairs_after_the_message() {
-        let text = plain(|| {
-            let span = tracing::info_span!("request", request_id = %"r-1", path = %"/flows");
-            let _entered = span.enter();
-            tracing::info!(status = 200, reason = "all \"fine\"", "finished");
-        });
-        assert_eq!(
-            text.trim_end(),
-            r#"request{request_id=r-1 path=/flows}: finished status=200 reason="all \"fine\"""#
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// Spans with fields recorded late, `Display` and `Debug` values, a client's text
+    /// with quotes, braces and an escape character, an error with a source, `log.*`
+    /// fields and fields longer than the stack buffer.
+    fn events() {
+        let span = tracing::info_span!(
+            "request",
+            request_id = "x} principal=forged",
+            method = %"GET",
+            principal = tracing::field::Empty,
         );
+        span.record("principal", "token:reader");
+        let _entered = span.enter();
+        let error = Outer(std::io::Error::other("inner"));
+        tracing::warn!(
+            status = 500,
+            reason = "all \"fine\" \u{1b}[31m",
+            error = &error as &dyn std::error::Error,
+            log.target = "tokio_postgres",
+            "finished \u{1b}[2J"
+        );
+        let long = "x".repeat(2000);
+        tracing::info!(first = 1, long = %long, last = 2, "big");
     }
 
     #[test]
-    fn fields_longer_than_the_buffer_are_written_whole() {
-        let long = "x".repeat(2000);
-        let text = plain(|| tracing::info!(first = 1, long = %long, last = 2, "big"));
-        assert_eq!(text.trim_end(), format!("big first=1 long={long} last=2"));
+    fn plain_fields_write_what_the_default_formatter_writes() {
+        let plain = render(PlainFields, events);
+        let default = render(
+            tracing_subscriber::fmt::format::DefaultFields::new(),
+            events,
+        );
+        assert_eq!(plain, default);
+        assert!(
+            plain.contains(r#"request_id="x} principal=forged""#),
+            "{plain}"
+        );
+        assert!(!plain.contains('\u{1b}'), "{plain}");
+        assert!(!plain.contains("log.target"), "{plain}");
+        assert!(plain.contains(&"x".repeat(2000)), "{plain}");
     }
 }

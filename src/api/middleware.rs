@@ -177,10 +177,10 @@ impl EdgeShared {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        // Request id: the client's, or a new one.
+        // Request id: the client's if it is a plain token, or a new one.
         let id = match request.headers().get(&REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id) if is_plain_request_id(id) => id.clone(),
+            _ => {
                 let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
                 let made = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
                 let made = HeaderValue::from_str(made)
@@ -191,14 +191,15 @@ impl EdgeShared {
                 made
             }
         };
-        // Fields by `Display`: the log formatter writes them out as the span is made, and
-        // `Debug` escapes strings character by character.
+        // Fields by `Display`, unquoted, as neither can hold a space or a control
+        // character (see `is_plain_request_id` and `LogPath`): no client can forge a
+        // field or an escape sequence in the log.
         let span = tracing::info_span!(
             "request",
             request_id = %id.to_str().unwrap_or(""),
             method = %request.method(),
             // The path only: the query may hold an `access_token`.
-            path = %request.uri().path(),
+            path = %LogPath(request.uri().path()),
             principal = tracing::field::Empty,
         );
         let this = self.clone();
@@ -371,7 +372,13 @@ impl EdgeShared {
         } else {
             None
         };
-        let accept_encoding = request.headers().get(header::ACCEPT_ENCODING).cloned();
+        // Every line of it (empty, without allocating, for a client that sends none).
+        let accept_encoding: Vec<HeaderValue> = request
+            .headers()
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .cloned()
+            .collect();
         let started = tokio::time::Instant::now();
         let serve = inner.oneshot(request).map(|r| match r {
             Ok(response) => response,
@@ -402,10 +409,7 @@ impl EdgeShared {
             }
         };
         let Some(permit) = permit else {
-            return match accept_encoding {
-                Some(accepted) => self.compress(accepted, response).await,
-                None => response,
-            };
+            return self.compress(accept_encoding, response).await;
         };
         if !response.status().is_success() {
             return response;
@@ -421,17 +425,25 @@ impl EdgeShared {
 }
 
 impl EdgeShared {
-    /// Compresses a JSON response for a client that accepts a compression (tower-http's
-    /// compression, run on the finished response): other responses, and requests without
-    /// `Accept-Encoding`, never pass through it.
-    async fn compress(&self, accepted: HeaderValue, response: Response) -> Response {
+    /// Compresses a JSON response for a client that accepts gzip (tower-http's
+    /// compression, run on the finished response). Other responses never pass through
+    /// it; a JSON response that could have been compressed says `Vary: Accept-Encoding`
+    /// either way. A client that accepts neither gzip nor identity gets the response
+    /// uncompressed, never a 406 after its request has been carried out.
+    async fn compress(&self, accepted: Vec<HeaderValue>, mut response: Response) -> Response {
         if !JsonOnly.should_compress(&response) {
             return response;
         }
+        if !accepts_gzip(&accepted) {
+            response
+                .headers_mut()
+                .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+            return response;
+        }
         let mut probe = Request::new(Body::empty());
-        probe
-            .headers_mut()
-            .insert(header::ACCEPT_ENCODING, accepted);
+        for value in accepted {
+            probe.headers_mut().append(header::ACCEPT_ENCODING, value);
+        }
         let mut response = Some(response);
         let service = tower::service_fn(move |_: Request| {
             let response = response.take().unwrap_or_default();
@@ -442,6 +454,55 @@ impl EdgeShared {
             Err(never) => match never {},
         }
     }
+}
+
+/// A request's path for the log: as it is when it is ASCII (a URI's path holds no space,
+/// no control character), else quoted and escaped (it may hold any Unicode character).
+struct LogPath<'a>(&'a str);
+
+impl std::fmt::Display for LogPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_ascii() {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+/// Whether a client's `x-request-id` is kept: 1 to 128 letters, digits and `-_.:/+=@`
+/// (UUIDs, trace ids, base64), nothing that could read as another log field.
+fn is_plain_request_id(id: &HeaderValue) -> bool {
+    let id = id.as_bytes();
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+/// Whether `Accept-Encoding` allows gzip (the one compression built in): named with a
+/// weight above zero, or not named and `*` allowed.
+fn accepts_gzip(values: &[HeaderValue]) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for item in values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(q > 0.0);
+        } else if coding == "*" {
+            any = Some(q > 0.0);
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 /// The headers `cors` adds to the response of a plain request: one without `Origin`,
@@ -517,8 +578,8 @@ mod tests {
     use crate::config::{Config, Overrides};
     use crate::store::embedded::EmbeddedStore;
 
-    #[tokio::test]
-    async fn a_handler_panic_is_a_counted_500_problem_with_the_request_id() {
+    /// The middleware around `routes`, over an embedded store in a temp dir.
+    fn app(routes: Router<AppState>) -> (Router, AppState, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         let overrides = Overrides {
             data_dir: Some(dir.path().to_owned()),
@@ -527,6 +588,11 @@ mod tests {
         let config = Config::load_from(None, [], &overrides).expect("config");
         let store = EmbeddedStore::open(config.embedded()).expect("store");
         let state = AppState::new(Arc::new(store), config);
+        (stack(routes, state.clone()), state, dir)
+    }
+
+    #[tokio::test]
+    async fn a_handler_panic_is_a_counted_500_problem_with_the_request_id() {
         let routes = Router::new().route(
             "/boom",
             get(|| async {
@@ -536,7 +602,7 @@ mod tests {
                 "never"
             }),
         );
-        let app = stack(routes, state.clone());
+        let (app, state, _dir) = app(routes);
         for id in ["first", "second"] {
             let request = Request::get("/boom")
                 .header(&REQUEST_ID, id)
@@ -562,6 +628,107 @@ mod tests {
                 r#"grainstore_http_requests_total{route="/boom",method="GET",status="500"} 2"#
             ),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_json_is_compressed_and_only_for_clients_that_accept_gzip() {
+        let json = serde_json::json!({ "items": vec!["a grain of sand"; 200] }).to_string();
+        let routes = Router::new()
+            .route(
+                "/json",
+                get(move || {
+                    let json = json.clone();
+                    async move { ([(header::CONTENT_TYPE, "application/json")], json) }
+                }),
+            )
+            .route(
+                "/raw",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/octet-stream")],
+                        vec![7u8; 4096],
+                    )
+                }),
+            );
+        let (app, _state, _dir) = app(routes);
+        let get = |path: &str, accept: &[&str]| {
+            let mut request = Request::get(path);
+            for value in accept {
+                request = request.header(header::ACCEPT_ENCODING, *value);
+            }
+            app.clone()
+                .oneshot(request.body(Body::empty()).expect("request"))
+        };
+        let encoding = |response: &Response| {
+            response
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        let varies = |response: &Response| {
+            response
+                .headers()
+                .get_all(header::VARY)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("accept-encoding")))
+        };
+
+        let gzip = get("/json", &["gzip, deflate"]).await.expect("response");
+        assert_eq!(gzip.status(), 200);
+        assert_eq!(encoding(&gzip).as_deref(), Some("gzip"));
+        assert!(varies(&gzip));
+        // Several header lines count together.
+        let lines = get("/json", &["identity", "gzip"]).await.expect("response");
+        assert_eq!(encoding(&lines).as_deref(), Some("gzip"));
+
+        for accept in [&[][..], &["identity"], &["gzip;q=0"], &["identity;q=0"]] {
+            let plain = get("/json", accept).await.expect("response");
+            assert_eq!(plain.status(), 200, "{accept:?}");
+            assert_eq!(encoding(&plain), None, "{accept:?}");
+            assert!(varies(&plain), "{accept:?}");
+        }
+        let raw = get("/raw", &["gzip"]).await.expect("response");
+        assert_eq!(raw.status(), 200);
+        assert_eq!(encoding(&raw), None);
+    }
+
+    #[test]
+    fn gzip_is_accepted_when_named_or_by_a_wildcard() {
+        let accepts = |values: &[&'static str]| {
+            let values: Vec<HeaderValue> =
+                values.iter().map(|v| HeaderValue::from_static(v)).collect();
+            accepts_gzip(&values)
+        };
+        assert!(accepts(&["gzip"]));
+        assert!(accepts(&["br;q=1.0, gzip;q=0.5"]));
+        assert!(accepts(&["*"]));
+        assert!(accepts(&["identity", "GZIP"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["identity"]));
+        assert!(!accepts(&["gzip;q=0"]));
+        assert!(!accepts(&["*;q=1, gzip;q=0"]));
+        assert!(!accepts(&["br"]));
+    }
+
+    #[test]
+    fn client_text_in_the_request_span_cannot_read_as_more_fields() {
+        assert!(is_plain_request_id(&HeaderValue::from_static(
+            "2c8f9a6e-5b1d-4c3a-9e7f-0a1b2c3d4e5f"
+        )));
+        assert!(is_plain_request_id(&HeaderValue::from_static(
+            "00-4bf92f3577b34da6-01"
+        )));
+        for bad in ["", "x} principal=admin", "a\"b", "x y"] {
+            let value = HeaderValue::from_str(bad).expect("header value");
+            assert!(!is_plain_request_id(&value), "{bad:?}");
+        }
+        let long = HeaderValue::from_str(&"a".repeat(129)).expect("header value");
+        assert!(!is_plain_request_id(&long));
+        assert_eq!(LogPath("/flows/a%20b").to_string(), "/flows/a%20b");
+        assert_eq!(
+            LogPath("/x\u{3000}principal=admin\u{202e}").to_string(),
+            r#""/x\u{3000}principal=admin\u{202e}""#
         );
     }
 }

@@ -55,4 +55,14 @@ async fn responses_carry_a_request_id() {
         .await
         .expect("GET");
     assert_eq!(response.headers()["x-request-id"], "abc-123");
+    // One that could read as more than an id in the log is replaced by a fresh UUID.
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "x} principal=admin")
+        .send()
+        .await
+        .expect("GET");
+    let id = response.headers()["x-request-id"].to_str().expect("text");
+    assert!(Uuid::try_parse(id).is_ok(), "{id}");
 }
