@@ -17,6 +17,7 @@ use super::body::{gsf_body, gsf_frame, gsf_pages_body, ndjson_body};
 use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
     Accept, GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
+    path_param,
 };
 use super::sessions::{FlowRead, FlowWrite};
 use super::{ApiError, ApiResult, AppState, live};
@@ -491,11 +492,7 @@ pub async fn get_one(
     Accept(accept): Accept,
 ) -> ApiResult<Response> {
     QueryParams::parse(raw.as_deref(), &[], false)?;
-    let timestamp = path
-        .iter()
-        .find_map(|(name, value)| (name == "timestamp").then_some(value))
-        .unwrap_or_default();
-    let timestamp = parse_timestamp("timestamp", timestamp)?;
+    let timestamp = parse_timestamp("timestamp", path_param(&path, "timestamp").unwrap_or(""))?;
     let media = negotiate(
         accept.as_ref(),
         &[

@@ -1,7 +1,7 @@
 //! Strict parsing of what clients put in paths, query strings and headers: every value
 //! parses to a typed value or to a 400 that names the parameter and what is wrong.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use uuid::Uuid;
@@ -225,6 +225,14 @@ pub enum GrainMedia {
     EventStream,
     /// The raw payload (single grains).
     Raw,
+}
+
+/// The path parameter `name` of a matched route (from axum's raw parameters, which cost
+/// no deserializer or map, for the routes every grain request takes).
+pub fn path_param<'a>(params: &'a RawPathParams, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find_map(|(param, value)| (param == name).then_some(value))
 }
 
 /// The request's `Accept` header alone, for handlers that need no other header (taking

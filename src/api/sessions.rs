@@ -8,7 +8,7 @@
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 
-use super::params::parse_uuid;
+use super::params::{parse_uuid, path_param};
 use super::{ApiError, AppState};
 use crate::store::{FlowId, ReadSession, WriteSession};
 
@@ -34,12 +34,9 @@ async fn path_flow(parts: &mut Parts) -> Result<FlowId, ApiError> {
     let params = RawPathParams::from_request_parts(parts, &())
         .await
         .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
-    let id = params
-        .iter()
-        .find_map(|(name, value)| (name == "id").then_some(value))
-        .ok_or_else(|| {
-            ApiError::internal("a flow session was asked for on a route without a flow id")
-        })?;
+    let id = path_param(&params, "id").ok_or_else(|| {
+        ApiError::internal("a flow session was asked for on a route without a flow id")
+    })?;
     parse_uuid("flow id", id)
 }
 
