@@ -7,6 +7,7 @@
 
 use std::fmt::{self, Write};
 
+use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
@@ -29,21 +30,86 @@ pub fn init(config: &Config) {
     }
 }
 
-/// tracing-subscriber's default field formatting without colours (its own
-/// `DefaultVisitor`, so `log.*` fields are left out, control characters escaped and
-/// error sources listed as there), written to a stack buffer first and handed over in
-/// one piece, so that a span's text is allocated once instead of grown a few bytes at a
-/// time.
+/// tracing-subscriber's default field formatting without colours, written to a stack
+/// buffer first and handed over in one piece, so that a span's text is allocated once
+/// instead of grown a few bytes at a time.
+///
+/// A plain `name=value` field is written here directly; a message, an error or a raw
+/// identifier goes through tracing-subscriber's own `DefaultVisitor` (its escaping of
+/// control characters, its list of error sources), and `log.*` fields are left out as it
+/// leaves them out. A test holds the output equal to the default formatter's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainFields;
 
 impl<'w> FormatFields<'w> for PlainFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut text = Text::default();
-        let mut visitor = DefaultVisitor::new(Writer::new(&mut text), true);
+        let mut visitor = PlainVisitor {
+            text: Text::default(),
+            is_empty: true,
+            result: Ok(()),
+        };
         fields.record(&mut visitor);
-        visitor.finish()?;
-        writer.write_str(text.as_str())
+        visitor.result?;
+        writer.write_str(visitor.text.as_str())
+    }
+}
+
+/// Writes fields as `DefaultVisitor` does without colours.
+struct PlainVisitor {
+    text: Text,
+    /// Nothing written yet: no separating space before the next field.
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor {
+    /// One field through tracing-subscriber's own visitor.
+    fn delegate(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        let before = self.text.len();
+        let mut visitor = DefaultVisitor::new(Writer::new(&mut self.text), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        self.is_empty &= self.text.len() == before;
+    }
+}
+
+impl Visit for PlainVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        if field.name() == "message" {
+            self.delegate(|v| v.record_str(field, value));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.result.is_err() {
+            return;
+        }
+        self.delegate(|v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if name == "message" || name.starts_with("r#") {
+            self.delegate(|v| v.record_debug(field, value));
+            return;
+        }
+        if name.starts_with("log.") {
+            return;
+        }
+        if !std::mem::take(&mut self.is_empty) {
+            self.text.push(" ");
+        }
+        self.text.push(name);
+        self.text.push("=");
+        self.result = write!(self.text, "{value:?}");
     }
 }
 
@@ -72,13 +138,15 @@ impl Text {
             None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default(),
         }
     }
-}
 
-impl Write for Text {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
+    fn len(&self) -> usize {
+        self.spilled.as_ref().map_or(self.len, String::len)
+    }
+
+    fn push(&mut self, s: &str) {
         if let Some(text) = &mut self.spilled {
             text.push_str(s);
-            return Ok(());
+            return;
         }
         match self.buf.get_mut(self.len..self.len + s.len()) {
             Some(room) => {
@@ -92,6 +160,12 @@ impl Write for Text {
                 self.spilled = Some(text);
             }
         }
+    }
+}
+
+impl Write for Text {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s);
         Ok(())
     }
 }
@@ -164,8 +238,17 @@ mod tests {
             reason = "all \"fine\" \u{1b}[31m",
             error = &error as &dyn std::error::Error,
             log.target = "tokio_postgres",
+            r#type = "raw \u{1b}",
+            count = 3u64,
+            delta = -4i64,
+            flag = true,
+            ratio = 0.5f64,
             "finished \u{1b}[2J"
         );
+        let inner = tracing::info_span!("inner", log.module_path = "m", r#ok = 1, after = "a");
+        inner.in_scope(|| {
+            tracing::info!(error = &std::io::Error::other("alone") as &dyn std::error::Error)
+        });
         let long = "x".repeat(2000);
         tracing::info!(first = 1, long = %long, last = 2, "big");
     }

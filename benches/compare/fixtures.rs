@@ -239,24 +239,30 @@ pub fn start_nginx(dir: &Path, root: &Path) -> (Server, u16) {
 }
 
 /// The bare axum peer: this benchmark binary again, in the `bare-axum` role, so its CPU
-/// counters are its own.
-pub fn start_bare_axum(dir: &Path, bytes: Bytes) -> (Server, u16) {
+/// counters are its own. It answers `bytes` with `headers` (name, value) besides hyper's
+/// own `date` and `content-length`.
+pub fn start_bare_axum(dir: &Path, bytes: Bytes, headers: &[(String, String)]) -> (Server, u16) {
     let port = free_port();
     let body = dir.join("bare-axum.body");
     std::fs::write(&body, &bytes).expect("body file");
+    let head = dir.join("bare-axum.headers");
+    let lines: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    std::fs::write(&head, lines).expect("headers file");
     let mut command = Command::new(std::env::current_exe().expect("own path"));
     command
         .env("GS_COMPARE_ROLE", "bare-axum")
         .env("GS_COMPARE_BARE_PORT", port.to_string())
-        .env("GS_COMPARE_BARE_BODY", &body);
+        .env("GS_COMPARE_BARE_BODY", &body)
+        .env("GS_COMPARE_BARE_HEADERS", &head);
     let server = Server::spawn("bare axum", command, &dir.join("bare-axum.log"));
     (server, port)
 }
 
-/// The `bare-axum` role: `GET /flows/{id}/grains/{timestamp}` answers the same bytes and
-/// content type as grainstore's single-grain read, with nothing else in the stack.
+/// The `bare-axum` role: `GET /flows/{id}/grains/{timestamp}` answers the given bytes
+/// and headers, made once at start, with nothing else in the stack.
 pub fn run_bare_axum() {
     use axum::extract::Path as AxumPath;
+    use axum::http::{HeaderMap, HeaderName, HeaderValue};
     use axum::routing::get;
     let port: u16 = std::env::var("GS_COMPARE_BARE_PORT")
         .expect("port")
@@ -265,13 +271,26 @@ pub fn run_bare_axum() {
     let body = Bytes::from(
         std::fs::read(std::env::var("GS_COMPARE_BARE_BODY").expect("body file")).expect("body"),
     );
+    let lines = std::fs::read_to_string(std::env::var("GS_COMPARE_BARE_HEADERS").expect("headers"))
+        .expect("headers file");
+    // Static values, so that the per-request copy of the map copies pointers only.
+    let mut headers = HeaderMap::new();
+    for line in lines.lines() {
+        let (k, v) = line.split_once(": ").expect("a `name: value` line");
+        headers.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            HeaderValue::from_static(String::leak(v.to_owned())),
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let app = axum::Router::new().route(
             "/flows/{id}/grains/{timestamp}",
             get(move |AxumPath((_id, _ts)): AxumPath<(String, String)>| {
-                let body = body.clone();
-                async move { ([("content-type", "application/octet-stream")], body) }
+                let mut response =
+                    axum::response::Response::new(axum::body::Body::from(body.clone()));
+                *response.headers_mut() = headers.clone();
+                async move { response }
             }),
         );
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -2,6 +2,7 @@
 //! by the read session's grain generator, uploads decoded and committed as they stream
 //! in, single grains, and deletes.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Json;
@@ -23,7 +24,7 @@ use super::sessions::{FlowRead, FlowWrite};
 use super::{ApiError, ApiResult, AppState, live};
 use crate::grain::Grain;
 use crate::store::{
-    BatchOutcome, BatchResult, FlowId, GrainQuery, Order, StoreError, WriteSession,
+    BatchOutcome, BatchResult, FlowId, GrainQuery, Order, ReadSession, StoreError, WriteSession,
 };
 use crate::time::{Bound, TimeRange, Timestamp};
 
@@ -491,10 +492,32 @@ pub async fn get_one(
     RawQuery(raw): RawQuery,
     Accept(accept): Accept,
 ) -> ApiResult<Response> {
-    QueryParams::parse(raw.as_deref(), &[], false)?;
-    let timestamp = parse_timestamp("timestamp", path_param(&path, "timestamp").unwrap_or(""))?;
-    let media = negotiate(
+    let timestamp = path_param(&path, "timestamp").unwrap_or("");
+    read_one(
+        &state,
+        flow,
+        session,
+        timestamp,
+        raw.as_deref(),
         accept.as_ref(),
+    )
+    .await
+}
+
+/// The single-grain read once its flow's session is open: of [`get_one`], and of the
+/// same route served without the router (see [`super::direct`]).
+pub async fn read_one(
+    state: &AppState,
+    flow: FlowId,
+    session: ReadSession,
+    timestamp: &str,
+    query: Option<&str>,
+    accept: Option<&HeaderValue>,
+) -> ApiResult<Response> {
+    QueryParams::parse(query, &[], false)?;
+    let timestamp = parse_timestamp("timestamp", timestamp)?;
+    let media = negotiate(
+        accept,
         &[
             GrainMedia::Raw,
             GrainMedia::Json,
@@ -511,7 +534,7 @@ pub async fn get_one(
     let response = match media {
         GrainMedia::Raw => {
             let mut response = Body::from(grain.payload().clone()).into_response();
-            grain_headers(response.headers_mut(), &grain);
+            *response.headers_mut() = grain_headers(&grain);
             response
         }
         GrainMedia::Json | GrainMedia::Ndjson => {
@@ -538,84 +561,99 @@ pub async fn get_one(
     Ok(response)
 }
 
-static GRAIN_TYPE: HeaderName = HeaderName::from_static("grain-type");
-static GRAIN_FLOW_ID: HeaderName = HeaderName::from_static("grain-flow-id");
-static GRAIN_SOURCE_ID: HeaderName = HeaderName::from_static("grain-source-id");
-static GRAIN_ORIGIN_TIMESTAMP: HeaderName = HeaderName::from_static("grain-origin-timestamp");
-static GRAIN_SYNC_TIMESTAMP: HeaderName = HeaderName::from_static("grain-sync-timestamp");
-static GRAIN_CREATION_TIMESTAMP: HeaderName = HeaderName::from_static("grain-creation-timestamp");
-static GRAIN_RATE: HeaderName = HeaderName::from_static("grain-rate");
-static GRAIN_DURATION: HeaderName = HeaderName::from_static("grain-duration");
+/// The response headers of a raw single-grain read, names and order fixed: filled in
+/// for each grain by [`grain_headers`]; with and without `Grain-Creation-Timestamp`.
+static GRAIN_HEADERS: LazyLock<[HeaderMap; 2]> = LazyLock::new(|| {
+    let names: &[&'static str] = &[
+        "grain-type",
+        "grain-flow-id",
+        "grain-source-id",
+        "grain-origin-timestamp",
+        "grain-sync-timestamp",
+        "grain-creation-timestamp",
+        "grain-rate",
+        "grain-duration",
+    ];
+    let map = |creation: bool| {
+        let mut headers = HeaderMap::with_capacity(16);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        for name in names {
+            if creation || *name != "grain-creation-timestamp" {
+                headers.insert(HeaderName::from_static(name), HeaderValue::from_static(""));
+            }
+        }
+        headers
+    };
+    [map(true), map(false)]
+});
 
-/// Sets `Content-Type: application/octet-stream` and the `Grain-*` headers.
+/// `Content-Type: application/octet-stream` and the `Grain-*` headers of `grain`.
 ///
-/// On the path of every single-grain read: the names are built once, the values are
-/// written into one buffer that they all share, and the map is grown once for them and
-/// for what the middleware and hyper add.
-fn grain_headers(headers: &mut HeaderMap, grain: &Grain) {
+/// On the path of every single-grain read: the map is a copy of one made at start (no
+/// name hashed, no entry inserted), its values are written into one buffer that they
+/// all share, and hyper and the middleware add theirs after.
+fn grain_headers(grain: &Grain) -> HeaderMap {
     let mut text = BytesMut::with_capacity(256);
-    let mut values: [(&HeaderName, usize, usize); 8] = [(&GRAIN_TYPE, 0, 0); 8];
-    let mut count = 0;
-    let mut put = |name: &'static HeaderName, value: &[u8]| {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let mut slice = |value: &[u8]| {
         let start = text.len();
         text.extend_from_slice(value);
-        values[count] = (name, start, text.len());
-        count += 1;
+        start..text.len()
     };
-    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    put(&GRAIN_TYPE, grain.grain_type().as_str().as_bytes());
-    put(
-        &GRAIN_FLOW_ID,
+    let flow = slice(
         grain
             .flow_id()
             .hyphenated()
             .encode_lower(&mut id)
             .as_bytes(),
     );
-    put(
-        &GRAIN_SOURCE_ID,
+    let source = slice(
         grain
             .source_id()
             .hyphenated()
             .encode_lower(&mut id)
             .as_bytes(),
     );
-    put(
-        &GRAIN_ORIGIN_TIMESTAMP,
-        grain.origin_timestamp().text().as_str().as_bytes(),
-    );
-    put(
-        &GRAIN_SYNC_TIMESTAMP,
-        grain.sync_timestamp().text().as_str().as_bytes(),
-    );
-    if let Some(created) = grain.creation_timestamp() {
-        put(
-            &GRAIN_CREATION_TIMESTAMP,
-            created.text().as_str().as_bytes(),
-        );
-    }
+    let origin = slice(grain.origin_timestamp().text().as_str().as_bytes());
+    let sync = slice(grain.sync_timestamp().text().as_str().as_bytes());
+    let creation = grain
+        .creation_timestamp()
+        .map(|created| slice(created.text().as_str().as_bytes()));
     let mut ratio = [0u8; 48];
     let rate = grain.rate();
-    put(
-        &GRAIN_RATE,
-        ratio_text(&mut ratio, rate.numerator, rate.denominator),
-    );
+    let rate = slice(ratio_text(&mut ratio, rate.numerator, rate.denominator));
     let duration = grain.duration();
-    put(
-        &GRAIN_DURATION,
-        ratio_text(&mut ratio, duration.numerator, duration.denominator),
-    );
+    let duration = slice(ratio_text(
+        &mut ratio,
+        duration.numerator,
+        duration.denominator,
+    ));
     let text = text.freeze();
-    headers.reserve(16);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    for &(name, start, end) in &values[..count] {
-        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
-            headers.insert(name.clone(), value);
-        }
+    let value = |range: &std::ops::Range<usize>| {
+        HeaderValue::from_maybe_shared(text.slice(range.clone()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+    let mut headers = GRAIN_HEADERS[usize::from(creation.is_none())].clone();
+    for (name, slot) in headers.iter_mut() {
+        *slot = match name.as_str() {
+            "grain-type" => HeaderValue::from_static(grain.grain_type().as_str()),
+            "grain-flow-id" => value(&flow),
+            "grain-source-id" => value(&source),
+            "grain-origin-timestamp" => value(&origin),
+            "grain-sync-timestamp" => value(&sync),
+            "grain-creation-timestamp" => match &creation {
+                Some(range) => value(range),
+                None => continue,
+            },
+            "grain-rate" => value(&rate),
+            "grain-duration" => value(&duration),
+            _ => continue,
+        };
     }
+    headers
 }
 
 /// `n/d` written into `buf`.

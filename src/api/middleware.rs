@@ -56,14 +56,16 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use super::auth::{self, Authenticator, Principal};
+use super::direct::App;
 use super::live::{self, StreamLimits};
 use super::{ApiError, AppState};
 
 /// The request id header.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps the routes in the service's middleware.
-pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
+/// Wraps the routes in the service's middleware; the single-grain read beside the router
+/// passes through the same middleware (see [`super::direct`]).
+pub fn stack(routes: Router<AppState>, state: AppState) -> App {
     let authenticator = Authenticator::new(&state.config.auth).unwrap_or_else(|e| {
         // `Config::load` has checked this already; refuse everyone rather than run open.
         tracing::error!(key = e.key, reason = %e.reason, "invalid [auth] configuration; every request will be refused");
@@ -72,7 +74,8 @@ pub fn stack(routes: Router<AppState>, state: AppState) -> Router {
     let edge = Edge::new(state.clone(), authenticator);
     // One layer, so one boxed route service per route: axum boxes each `layer` call's
     // result separately and clones every box per request.
-    routes.layer(edge).with_state(state)
+    let shared = edge.shared.clone();
+    App::new(routes.layer(edge).with_state(state.clone()), shared, state)
 }
 
 /// The 500 problem a handler's panic becomes; the panic is logged in the request's span.
@@ -94,7 +97,7 @@ pub struct Edge {
     shared: Arc<EdgeShared>,
 }
 
-struct EdgeShared {
+pub struct EdgeShared {
     state: AppState,
     auth: Authenticator,
     streams: Arc<StreamLimits>,
@@ -167,12 +170,42 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let shared = self.shared.clone();
         let inner = self.inner.clone();
-        Box::pin(async move { Ok(shared.handle(request, inner).await) })
+        let route = match request.extensions().get::<MatchedPath>() {
+            Some(matched) => Route::Matched(matched.clone()),
+            None => Route::Unmatched,
+        };
+        Box::pin(async move { Ok(shared.handle(request, route, inner).await) })
+    }
+}
+
+/// The route a request is served by, for metrics, scopes and stream limits.
+#[derive(Clone)]
+pub enum Route {
+    /// Matched by the router.
+    Matched(MatchedPath),
+    /// Served without the router (see [`super::direct`]).
+    Direct(&'static str),
+    /// No route: the fallback.
+    Unmatched,
+}
+
+impl Route {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Route::Matched(matched) => Some(matched.as_str()),
+            Route::Direct(route) => Some(route),
+            Route::Unmatched => None,
+        }
     }
 }
 
 impl EdgeShared {
-    async fn handle<S>(self: Arc<Self>, mut request: Request, inner: S) -> Response
+    pub(super) async fn handle<S>(
+        self: Arc<Self>,
+        mut request: Request,
+        route: Route,
+        inner: S,
+    ) -> Response
     where
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
@@ -205,17 +238,19 @@ impl EdgeShared {
         let this = self.clone();
         let mut response = async move {
             let started = Instant::now();
-            let route = request.extensions().get::<MatchedPath>().cloned();
             let method = request.method().clone();
-            let response =
-                std::panic::AssertUnwindSafe(this.clone().shed_and_serve(request, inner))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(panic_response);
+            let response = std::panic::AssertUnwindSafe(this.clone().shed_and_serve(
+                request,
+                route.clone(),
+                inner,
+            ))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(panic_response);
             let status = response.status();
             let elapsed = started.elapsed();
             this.state.metrics.record_request(
-                route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                route.as_str().unwrap_or("unmatched"),
                 &method,
                 status.as_u16(),
                 elapsed,
@@ -242,7 +277,12 @@ impl EdgeShared {
     }
 
     /// Load shedding, then CORS around the rest.
-    async fn shed_and_serve<S>(self: Arc<Self>, request: Request, inner: S) -> Response
+    async fn shed_and_serve<S>(
+        self: Arc<Self>,
+        request: Request,
+        route: Route,
+        inner: S,
+    ) -> Response
     where
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
@@ -257,7 +297,10 @@ impl EdgeShared {
         let browser =
             request.headers().contains_key(header::ORIGIN) || request.method() == Method::OPTIONS;
         if !browser {
-            let mut response = self.clone().authorize_and_serve(request, inner).await;
+            let mut response = self
+                .clone()
+                .authorize_and_serve(request, route, inner)
+                .await;
             let headers = response.headers_mut();
             for (name, value) in &self.cors_plain {
                 if name == header::VARY {
@@ -270,7 +313,7 @@ impl EdgeShared {
         }
         let this = self.clone();
         let rest: Inner =
-            Box::new(move |request| Box::pin(this.authorize_and_serve(request, inner)));
+            Box::new(move |request| Box::pin(this.authorize_and_serve(request, route, inner)));
         let rest = std::sync::Mutex::new(Some(rest));
         let service = tower::service_fn(move |request: Request| {
             let rest = rest.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -288,18 +331,20 @@ impl EdgeShared {
     }
 
     /// Authentication and the route's scope, then the live stream limits and the rest.
-    async fn authorize_and_serve<S>(self: Arc<Self>, mut request: Request, inner: S) -> Response
+    async fn authorize_and_serve<S>(
+        self: Arc<Self>,
+        mut request: Request,
+        route: Route,
+        inner: S,
+    ) -> Response
     where
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
         // Taken out of every request, so handlers' strict query parsing never sees it.
         let query_token = auth::take_query_token(request.uri_mut());
-        let route = request.extensions().get::<MatchedPath>().cloned();
         let mut caller = None;
-        if let Some(scope) =
-            auth::required_scope(route.as_ref().map(MatchedPath::as_str), request.method())
-        {
+        if let Some(scope) = auth::required_scope(route.as_str(), request.method()) {
             let principal = (|| {
                 let query_token = query_token?;
                 if query_token.is_some() && !auth::is_event_stream(request.headers()) {
@@ -329,9 +374,7 @@ impl EdgeShared {
             }
             if !principal.allows(scope) {
                 tracing::debug!(principal = %principal.id, ?scope, "scope missing");
-                let route = route
-                    .as_ref()
-                    .map_or(request.uri().path(), MatchedPath::as_str);
+                let route = route.as_str().unwrap_or(request.uri().path());
                 return self
                     .auth
                     .forbidden(scope, request.method(), route)
@@ -339,7 +382,8 @@ impl EdgeShared {
             }
             caller = Some(principal);
         }
-        self.limit_streams_and_serve(request, caller, inner).await
+        self.limit_streams_and_serve(request, route, caller, inner)
+            .await
     }
 
     /// Bounds the live streams open at once (the place is held by the response body),
@@ -347,6 +391,7 @@ impl EdgeShared {
     async fn limit_streams_and_serve<S>(
         &self,
         request: Request,
+        route: Route,
         caller: Option<Principal>,
         inner: S,
     ) -> Response
@@ -354,15 +399,14 @@ impl EdgeShared {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let matched = request.extensions().get::<MatchedPath>();
+        let matched = route.as_str();
         let is_live = live::is_live_request(
-            matched.map(|p| p.as_str()),
+            matched,
             request.method(),
             request.headers(),
             request.uri().query(),
         );
-        let upload = request.method() == Method::POST
-            && matched.is_some_and(|p| p.as_str() == "/flows/{id}/grains");
+        let upload = request.method() == Method::POST && matched == Some("/flows/{id}/grains");
         let permit = if is_live {
             let principal = caller.unwrap_or_else(Principal::anonymous);
             match self.streams.acquire(&principal) {
@@ -372,13 +416,7 @@ impl EdgeShared {
         } else {
             None
         };
-        // Every line of it (empty, without allocating, for a client that sends none).
-        let accept_encoding: Vec<HeaderValue> = request
-            .headers()
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .cloned()
-            .collect();
+        let accept_encoding = AcceptEncoding::of(request.headers());
         let started = tokio::time::Instant::now();
         let serve = inner.oneshot(request).map(|r| match r {
             Ok(response) => response,
@@ -430,18 +468,18 @@ impl EdgeShared {
     /// it; a JSON response that could have been compressed says `Vary: Accept-Encoding`
     /// either way. A client that accepts neither gzip nor identity gets the response
     /// uncompressed, never a 406 after its request has been carried out.
-    async fn compress(&self, accepted: Vec<HeaderValue>, mut response: Response) -> Response {
+    async fn compress(&self, accepted: AcceptEncoding, mut response: Response) -> Response {
         if !JsonOnly.should_compress(&response) {
             return response;
         }
-        if !accepts_gzip(&accepted) {
+        if !accepts_gzip(accepted.values()) {
             response
                 .headers_mut()
                 .append(header::VARY, HeaderValue::from_static("accept-encoding"));
             return response;
         }
         let mut probe = Request::new(Body::empty());
-        for value in accepted {
+        for value in accepted.values().cloned() {
             probe.headers_mut().append(header::ACCEPT_ENCODING, value);
         }
         let mut response = Some(response);
@@ -482,11 +520,11 @@ fn is_plain_request_id(id: &HeaderValue) -> bool {
 
 /// Whether `Accept-Encoding` allows gzip (the one compression built in): named with a
 /// weight above zero, or not named and `*` allowed.
-fn accepts_gzip(values: &[HeaderValue]) -> bool {
+fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
     let mut gzip = None;
     let mut any = None;
     for item in values
-        .iter()
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
     {
@@ -503,6 +541,22 @@ fn accepts_gzip(values: &[HeaderValue]) -> bool {
         }
     }
     gzip.or(any).unwrap_or(false)
+}
+
+/// Every `Accept-Encoding` line of a request, kept for the compression of a JSON answer:
+/// the first (the usual case) without allocating.
+struct AcceptEncoding(Option<HeaderValue>, Vec<HeaderValue>);
+
+impl AcceptEncoding {
+    fn of(headers: &HeaderMap) -> AcceptEncoding {
+        let mut lines = headers.get_all(header::ACCEPT_ENCODING).iter();
+        let first = lines.next().cloned();
+        AcceptEncoding(first, lines.cloned().collect())
+    }
+
+    fn values(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.0.iter().chain(&self.1)
+    }
 }
 
 /// The headers `cors` adds to the response of a plain request: one without `Origin`,
@@ -579,7 +633,7 @@ mod tests {
     use crate::store::embedded::EmbeddedStore;
 
     /// The middleware around `routes`, over an embedded store in a temp dir.
-    fn app(routes: Router<AppState>) -> (Router, AppState, tempfile::TempDir) {
+    fn app(routes: Router<AppState>) -> (App, AppState, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         let overrides = Overrides {
             data_dir: Some(dir.path().to_owned()),

@@ -5,12 +5,15 @@
 //! - [`sources`] and [`flows`]: the TAMS-style resources.
 //! - [`grains`]: grain reads and writes as streams.
 //! - [`params`]: strict parsing of query parameters and headers.
+//! - [`direct`]: the service as hyper sees it, the router with the single-grain read
+//!   beside it.
 //! - [`middleware`]: tracing, timeouts, limits, load shedding, CORS, auth, compression, metrics.
 //! - [`auth`]: access control: credentials, scopes, the 401/403 problems.
 //! - [`error`]: [`ApiError`], rendered as `application/problem+json`.
 
 pub mod auth;
 pub mod body;
+pub mod direct;
 pub mod error;
 pub mod fanout;
 pub mod flows;
@@ -106,7 +109,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 ];
 
 /// Builds the service: routes, handlers and the middleware stack.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> direct::App {
     let routes = Router::new()
         .route("/", get(service::info))
         .route("/healthz", get(service::healthz))

@@ -260,3 +260,81 @@ async fn delete_removes_one_grain() {
     )
     .await;
 }
+
+/// A plain `GET /flows/{id}/grains/{timestamp}` is served beside the router; the same
+/// request with a percent-encoded character goes through the router. Both must answer
+/// alike, errors included, and count under the same route.
+#[tokio::test]
+async fn the_direct_read_and_the_router_answer_alike() {
+    let app = spawn_app().await;
+    let (flow, _, _) = app.flow_with_grains(3, 50).await;
+    let at = ts(1).to_string();
+    let id = flow.to_string();
+    // (flow id, timestamp, query, Accept)
+    let cases: Vec<(String, String, &str, Option<&str>)> = vec![
+        (id.clone(), at.clone(), "", None),
+        (id.clone(), at.clone(), "", Some("application/json")),
+        (id.clone(), at.clone(), "", Some("application/x-ndjson")),
+        (id.clone(), at.clone(), "", Some("application/x-gsf")),
+        (id.clone(), at.clone(), "", Some("text/html")),
+        (id.clone(), at.clone(), "?bogus=1", None),
+        (id.clone(), "1700000000:20000000".into(), "", None),
+        (id.clone(), "noon".into(), "", None),
+        (Uuid::new_v4().to_string(), at.clone(), "", None),
+        ("not-a-uuid".into(), at.clone(), "", None),
+        (
+            "not-a-uuid".into(),
+            "noon".into(),
+            "?bogus=1",
+            Some("text/html"),
+        ),
+    ];
+    let mut compared = 0;
+    for (flow_id, timestamp, query, accept) in cases {
+        let mut answers = Vec::new();
+        // The second spelling percent-encodes the first character of the timestamp.
+        let first = timestamp.chars().next().expect("a timestamp");
+        let encoded = format!("%{:02X}{}", first as u32, &timestamp[1..]);
+        for spelled in [&timestamp, &encoded] {
+            let mut request = app
+                .client
+                .get(app.url(&format!("/flows/{flow_id}/grains/{spelled}{query}")));
+            if let Some(accept) = accept {
+                request = request.header("accept", accept);
+            }
+            let response = request.send().await.expect("GET");
+            let status = response.status();
+            let mut headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != "date" && *k != "x-request-id")
+                .map(|(k, v)| (k.to_string(), v.to_str().expect("text").to_owned()))
+                .collect();
+            headers.sort();
+            let gsf = content_type(&response) == "application/x-gsf";
+            let mut body = response.bytes().await.expect("body");
+            if gsf && status == StatusCode::OK {
+                // A GSF file has an id and segment id of its own: compare its grains.
+                body = Bytes::from(format!("{:?}", decode_gsf(body)));
+            }
+            answers.push((status, headers, body));
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "GET /flows/{flow_id}/grains/{timestamp}{query} with Accept {accept:?}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 11);
+    let metrics = app.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"grainstore_http_requests_total{route="/flows/{id}/grains/{timestamp}",method="GET",status="200"}"#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no count of the route's GETs in {metrics}"));
+    // Four 200s by each path (raw, JSON, NDJSON, GSF).
+    assert!(line.ends_with(" 8"), "{line}");
+}

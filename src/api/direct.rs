@@ -1,0 +1,139 @@
+//! The service as hyper sees it: the router, with the single-grain read beside it.
+//!
+//! `GET /flows/{id}/grains/{timestamp}` is the request a player or a monitor sends most
+//! often, and for it the router is a large share of the work: matching the path,
+//! percent-decoding and allocating its parameters into the request's extensions, and
+//! boxing the route's service and future. A `GET` whose path has exactly that shape and
+//! no percent-encoding is handed here straight to the middleware ([`Edge`]: request id,
+//! span, metrics, load shedding, CORS, access control, deadline) and to the handler's own
+//! code ([`grains::read_one`]), under the same route name; everything else, including
+//! `HEAD` and percent-encoded paths, goes through the router, whose answers for this
+//! route are the same (the integration tests run both ways).
+//!
+//! [`Edge`]: super::middleware::Edge
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::Request;
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use futures::future::Either;
+use tower::Service;
+
+use super::middleware::{EdgeShared, Route};
+use super::params::parse_uuid;
+use super::{ApiResult, AppState, grains};
+
+/// The route served here as well as by the router.
+pub const GRAIN_ROUTE: &str = "/flows/{id}/grains/{timestamp}";
+
+/// The whole HTTP service.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    edge: Arc<EdgeShared>,
+    state: AppState,
+}
+
+impl App {
+    pub(super) fn new(router: Router, edge: Arc<EdgeShared>, state: AppState) -> App {
+        App {
+            router,
+            edge,
+            state,
+        }
+    }
+}
+
+type Direct = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<B> Service<axum::http::Request<B>> for App
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, Direct>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready, and so is the direct path.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if request.method() != Method::GET || grain_path(request.uri().path()).is_none() {
+            return Either::Left(self.router.call(request));
+        }
+        let request = request.map(Body::new);
+        let edge = self.edge.clone();
+        let state = self.state.clone();
+        let handler = tower::service_fn(move |request: Request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(get_one(state, request).await.into_response()) }
+        });
+        Either::Right(Box::pin(async move {
+            Ok(edge
+                .handle(request, Route::Direct(GRAIN_ROUTE), handler)
+                .await)
+        }))
+    }
+}
+
+/// The flow id and timestamp of a path of the form `/flows/{id}/grains/{timestamp}`
+/// with neither empty nor percent-encoded (such paths are the router's).
+pub fn grain_path(path: &str) -> Option<(&str, &str)> {
+    let (id, rest) = path.strip_prefix("/flows/")?.split_once('/')?;
+    let timestamp = rest.strip_prefix("grains/")?;
+    let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
+    (plain(id) && plain(timestamp)).then_some((id, timestamp))
+}
+
+/// What the router's `get(grains::get_one)` does for the same request: the flow's read
+/// session (its errors first), then the read.
+async fn get_one(state: AppState, request: Request) -> ApiResult<Response> {
+    let (id, timestamp) = grain_path(request.uri().path()).unwrap_or_default();
+    let flow = parse_uuid("flow id", id)?;
+    let session = state.store.open_read(flow).await?;
+    grains::read_one(
+        &state,
+        flow,
+        session,
+        timestamp,
+        request.uri().query(),
+        request.headers().get(header::ACCEPT),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grain_path;
+
+    #[test]
+    fn only_plain_single_grain_paths_are_taken() {
+        assert_eq!(grain_path("/flows/abc/grains/1:0"), Some(("abc", "1:0")));
+        for path in [
+            "/flows/abc/grains",
+            "/flows/abc/grains/",
+            "/flows//grains/1:0",
+            "/flows/abc/grains/1:0/",
+            "/flows/abc/grains/1:0/x",
+            "/flows/a%62c/grains/1:0",
+            "/flows/abc/grains/1%3A0",
+            "/flows/abc/grain/1:0",
+            "/flows/abc",
+            "//flows/abc/grains/1:0",
+            "/sources/abc/grains/1:0",
+        ] {
+            assert_eq!(grain_path(path), None, "{path}");
+        }
+    }
+}
