@@ -29,7 +29,10 @@
 //! more than the handler of a single-grain GET. CORS is tower-http's, run for requests
 //! that carry an `Origin` header and for `OPTIONS`; to the others, which no browser
 //! sent, it would add only its fixed headers (`Vary`, `Access-Control-Expose-Headers`),
-//! which are learnt from it once at start and added as it adds them.
+//! which are learnt from it once at start and added as it adds them. The router hands
+//! `Edge` each request with the route it matched; a plain single-grain `GET` comes to it
+//! from beside the router (see [`super::direct`]) with the same route's name, and passes
+//! through all of the above alike.
 //!
 //! Request heads are bounded by the server's header read timeout (see `server`). The
 //! request span records the path only, never the query string or headers, and the
