@@ -65,11 +65,12 @@ struct PlainVisitor {
 impl PlainVisitor {
     /// One field through tracing-subscriber's own visitor.
     fn delegate(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
-        let before = self.text.len();
         let mut visitor = DefaultVisitor::new(Writer::new(&mut self.text), self.is_empty);
         record(&mut visitor);
         self.result = visitor.finish();
-        self.is_empty &= self.text.len() == before;
+        // As `DefaultVisitor` itself: any field it does not skip counts as written, even
+        // when its text is empty (an empty message).
+        self.is_empty = false;
     }
 }
 
@@ -86,7 +87,7 @@ impl Visit for PlainVisitor {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.result.is_err() {
+        if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
         self.delegate(|v| v.record_error(field, value));
@@ -137,10 +138,6 @@ impl Text {
             // Only whole `str`s are ever copied in.
             None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default(),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.spilled.as_ref().map_or(self.len, String::len)
     }
 
     fn push(&mut self, s: &str) {
@@ -245,6 +242,9 @@ mod tests {
             ratio = 0.5f64,
             "finished \u{1b}[2J"
         );
+        tracing::info!(a = 1, "");
+        tracing::info!(message = "", b = 2);
+        tracing::info_span!("quiet", message = "", c = 3).in_scope(|| tracing::info!("in it"));
         let inner = tracing::info_span!("inner", log.module_path = "m", r#ok = 1, after = "a");
         inner.in_scope(|| {
             tracing::info!(error = &std::io::Error::other("alone") as &dyn std::error::Error)

@@ -8,7 +8,9 @@
 //! span, metrics, load shedding, CORS, access control, deadline) and to the handler's own
 //! code ([`grains::read_one`]), under the same route name; everything else, including
 //! `HEAD` and percent-encoded paths, goes through the router, whose answers for this
-//! route are the same (the integration tests run both ways).
+//! route are the same: the last step the router adds to an answer (`Content-Length` for
+//! a body of known size) is taken here too, and an integration test sends the same
+//! requests both ways, over HTTP/1.1 and HTTP/2, and compares the answers.
 //!
 //! [`Edge`]: super::middleware::Edge
 
@@ -21,7 +23,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use futures::future::Either;
@@ -29,7 +31,7 @@ use tower::Service;
 
 use super::middleware::{EdgeShared, Route};
 use super::params::parse_uuid;
-use super::{ApiResult, AppState, grains};
+use super::{ApiError, ApiResult, AppState, grains};
 
 /// The route served here as well as by the router.
 pub const GRAIN_ROUTE: &str = "/flows/{id}/grains/{timestamp}";
@@ -80,10 +82,27 @@ where
             async move { Ok::<_, Infallible>(get_one(state, request).await.into_response()) }
         });
         Either::Right(Box::pin(async move {
-            Ok(edge
+            let mut response = edge
                 .handle(request, Route::Direct(GRAIN_ROUTE), handler)
-                .await)
+                .await;
+            set_content_length(&mut response);
+            Ok(response)
         }))
+    }
+}
+
+/// What the router does last to every answer of a `GET`: `Content-Length` for a body of
+/// known size, unless set (hyper adds it for HTTP/1.1 anyway, but for HTTP/2 only when
+/// the body is not empty).
+fn set_content_length(response: &mut Response) {
+    if response.headers().contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(size) = response.body().size_hint().exact() {
+        let mut text = itoa::Buffer::new();
+        if let Ok(value) = HeaderValue::from_str(text.format(size)) {
+            response.headers_mut().insert(header::CONTENT_LENGTH, value);
+        }
     }
 }
 
@@ -99,7 +118,11 @@ pub fn grain_path(path: &str) -> Option<(&str, &str)> {
 /// What the router's `get(grains::get_one)` does for the same request: the flow's read
 /// session (its errors first), then the read.
 async fn get_one(state: AppState, request: Request) -> ApiResult<Response> {
-    let (id, timestamp) = grain_path(request.uri().path()).unwrap_or_default();
+    let Some((id, timestamp)) = grain_path(request.uri().path()) else {
+        return Err(ApiError::internal(
+            "the single-grain read was handed a path of another shape",
+        ));
+    };
     let flow = parse_uuid("flow id", id)?;
     let session = state.store.open_read(flow).await?;
     grains::read_one(
@@ -115,7 +138,49 @@ async fn get_one(state: AppState, request: Request) -> ApiResult<Response> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use futures::future::Either;
+    use tower::Service;
+
     use super::grain_path;
+    use crate::api::{AppState, router};
+    use crate::config::{Config, Overrides};
+    use crate::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn plain_gets_go_beside_the_router_and_the_rest_through_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let overrides = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
+        let config = Config::load_from(None, [], &overrides).expect("config");
+        let store = EmbeddedStore::open(config.embedded()).expect("store");
+        let mut app = router(AppState::new(Arc::new(store), config));
+        let flow = "5a6b7c8d-0000-4000-8000-000000000001";
+        let mut direct = |method: &str, path: &str| {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            matches!(app.call(request), Either::Right(_))
+        };
+        assert!(direct("GET", &format!("/flows/{flow}/grains/1:0")));
+        assert!(direct(
+            "GET",
+            &format!("/flows/{flow}/grains/1:0?payload=none")
+        ));
+        assert!(direct("GET", &format!("http://h/flows/{flow}/grains/1:0")));
+        assert!(!direct("GET", &format!("/flows/{flow}/grains/1%3A0")));
+        assert!(!direct("HEAD", &format!("/flows/{flow}/grains/1:0")));
+        assert!(!direct("PUT", &format!("/flows/{flow}/grains/1:0")));
+        assert!(!direct("DELETE", &format!("/flows/{flow}/grains/1:0")));
+        assert!(!direct("GET", &format!("/flows/{flow}/grains")));
+        assert!(!direct("GET", "/flows"));
+    }
 
     #[test]
     fn only_plain_single_grain_paths_are_taken() {

@@ -7,9 +7,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
+use grainstore::config::{AuthMode, Secret, TokenConfig};
+
 use crate::helpers::{
-    content_type, decode_gsf, grain, gsf, json_body, payload, problem, spawn_app, ts,
-    without_creation,
+    content_type, decode_gsf, flow_body, grain, gsf, json_body, payload, problem, spawn_app,
+    spawn_app_with, ts, without_creation,
 };
 
 #[tokio::test]
@@ -261,72 +263,224 @@ async fn delete_removes_one_grain() {
     .await;
 }
 
+/// The answer to a GET as compared below: status, headers (but `date` and the request
+/// id), and the body (a GSF file's grains, since each file has an id of its own).
+type Answer = (u16, Vec<(String, String)>, Bytes);
+
+fn answer(status: u16, headers: &reqwest::header::HeaderMap, body: Bytes) -> Answer {
+    let mut kept: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| *k != "date" && *k != "x-request-id")
+        .map(|(k, v)| (k.to_string(), v.to_str().expect("text").to_owned()))
+        .collect();
+    kept.sort();
+    let gsf = headers
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-gsf");
+    let body = if gsf && status == 200 {
+        Bytes::from(format!("{:?}", decode_gsf(body)))
+    } else {
+        body
+    };
+    (status, kept, body)
+}
+
+/// A request of the comparison: flow id, timestamp, query, headers, expected status.
+type Case<'a> = (String, &'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+
+/// A GET over HTTP/2 (prior knowledge, as the server speaks both).
+async fn get_h2(address: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    use http_body_util::{BodyExt, Empty};
+    let authority = address.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(format!("{address}{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new()).expect("request"))
+        .await
+        .expect("h2 GET");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("h2 body").to_bytes();
+    answer(parts.status.as_u16(), &parts.headers, body)
+}
+
 /// A plain `GET /flows/{id}/grains/{timestamp}` is served beside the router; the same
-/// request with a percent-encoded character goes through the router. Both must answer
-/// alike, errors included, and count under the same route.
+/// request with a percent-encoded character goes through the router (a unit test in
+/// `src/api/direct.rs` checks which requests take which way). Both must answer alike
+/// over HTTP/1.1 and HTTP/2, errors, access control and CORS included, and count under
+/// the same route.
 #[tokio::test]
 async fn the_direct_read_and_the_router_answer_alike() {
-    let app = spawn_app().await;
-    let (flow, _, _) = app.flow_with_grains(3, 50).await;
-    let at = ts(1).to_string();
+    let reader = "reader-0123456789abcdef";
+    let writer = "writer-0123456789abcdef";
+    let app = spawn_app_with(|config| {
+        config.auth.mode = AuthMode::Token;
+        config.auth.tokens = [(reader, vec!["read", "write"]), (writer, vec!["write"])]
+            .into_iter()
+            .map(|(token, scopes)| TokenConfig {
+                name: token[..6].into(),
+                token: Secret::new(token),
+                token_sha256: String::new(),
+                scopes: scopes.into_iter().map(String::from).collect(),
+            })
+            .collect();
+        config.cors.allowed_origins = vec!["http://allowed.example".into()];
+    })
+    .await;
+    let (flow, source) = (Uuid::new_v4(), Uuid::new_v4());
+    let response = app
+        .client
+        .put(app.url(&format!("/flows/{flow}")))
+        .bearer_auth(reader)
+        .json(&flow_body(source, "video"))
+        .send()
+        .await
+        .expect("PUT flow");
+    assert!(response.status().is_success(), "{}", response.status());
+    // An empty payload (HTTP/2 sends no length for an empty body unless told) and a
+    // larger one.
+    let grains = [
+        grain(flow, source, 0, Vec::new()),
+        grain(flow, source, 1, payload(1, 3000)),
+    ];
+    let response = app
+        .client
+        .post(app.url(&format!("/flows/{flow}/grains")))
+        .bearer_auth(reader)
+        .header("content-type", "application/x-gsf")
+        .body(gsf(&grains))
+        .send()
+        .await
+        .expect("POST grains");
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let (empty, full) = (ts(0).to_string(), ts(1).to_string());
     let id = flow.to_string();
-    // (flow id, timestamp, query, Accept)
-    let cases: Vec<(String, String, &str, Option<&str>)> = vec![
-        (id.clone(), at.clone(), "", None),
-        (id.clone(), at.clone(), "", Some("application/json")),
-        (id.clone(), at.clone(), "", Some("application/x-ndjson")),
-        (id.clone(), at.clone(), "", Some("application/x-gsf")),
-        (id.clone(), at.clone(), "", Some("text/html")),
-        (id.clone(), at.clone(), "?bogus=1", None),
-        (id.clone(), "1700000000:20000000".into(), "", None),
-        (id.clone(), "noon".into(), "", None),
-        (Uuid::new_v4().to_string(), at.clone(), "", None),
-        ("not-a-uuid".into(), at.clone(), "", None),
+    let bearer = format!("Bearer {reader}");
+    let writer_only = format!("Bearer {writer}");
+    let auth = ("authorization", bearer.as_str());
+    let token_query = format!("?access_token={reader}");
+    let cases: Vec<Case> = vec![
+        (id.clone(), &empty, "", vec![auth], 200),
+        (id.clone(), &full, "", vec![auth], 200),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![
+                auth,
+                ("accept", "application/json"),
+                ("accept-encoding", "gzip"),
+            ],
+            200,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![auth, ("accept", "application/x-ndjson")],
+            200,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![auth, ("accept", "application/x-gsf")],
+            200,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![auth, ("origin", "http://allowed.example")],
+            200,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![auth, ("origin", "http://elsewhere.example")],
+            200,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![auth, ("accept", "text/html")],
+            406,
+        ),
+        (id.clone(), &full, "?bogus=1", vec![auth], 400),
+        (id.clone(), &full, "", vec![], 401),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![("authorization", "Bearer wrong-token")],
+            401,
+        ),
+        (
+            id.clone(),
+            &full,
+            "",
+            vec![("authorization", writer_only.as_str())],
+            403,
+        ),
+        (id.clone(), &full, &token_query, vec![], 400),
+        (id.clone(), "1700000000:20000000", "", vec![auth], 404),
+        (id.clone(), "noon", "", vec![auth], 400),
+        (Uuid::new_v4().to_string(), &full, "", vec![auth], 404),
         (
             "not-a-uuid".into(),
-            "noon".into(),
+            "noon",
             "?bogus=1",
-            Some("text/html"),
+            vec![auth, ("accept", "text/html")],
+            400,
         ),
     ];
-    let mut compared = 0;
-    for (flow_id, timestamp, query, accept) in cases {
-        let mut answers = Vec::new();
+    let count = cases.len();
+    for (flow_id, timestamp, query, headers, status) in cases {
         // The second spelling percent-encodes the first character of the timestamp.
-        let first = timestamp.chars().next().expect("a timestamp");
-        let encoded = format!("%{:02X}{}", first as u32, &timestamp[1..]);
-        for spelled in [&timestamp, &encoded] {
-            let mut request = app
-                .client
-                .get(app.url(&format!("/flows/{flow_id}/grains/{spelled}{query}")));
-            if let Some(accept) = accept {
-                request = request.header("accept", accept);
+        let encoded = format!("%{:02X}{}", timestamp.as_bytes()[0], &timestamp[1..]);
+        let what = format!("GET /flows/{flow_id}/grains/{timestamp}{query} {headers:?}");
+        let mut h1 = Vec::new();
+        let mut h2 = Vec::new();
+        for spelled in [timestamp, encoded.as_str()] {
+            let path = format!("/flows/{flow_id}/grains/{spelled}{query}");
+            let mut request = app.client.get(app.url(&path));
+            for (k, v) in &headers {
+                request = request.header(*k, *v);
             }
             let response = request.send().await.expect("GET");
-            let status = response.status();
-            let mut headers: Vec<(String, String)> = response
-                .headers()
-                .iter()
-                .filter(|(k, _)| *k != "date" && *k != "x-request-id")
-                .map(|(k, v)| (k.to_string(), v.to_str().expect("text").to_owned()))
-                .collect();
-            headers.sort();
-            let gsf = content_type(&response) == "application/x-gsf";
-            let mut body = response.bytes().await.expect("body");
-            if gsf && status == StatusCode::OK {
-                // A GSF file has an id and segment id of its own: compare its grains.
-                body = Bytes::from(format!("{:?}", decode_gsf(body)));
-            }
-            answers.push((status, headers, body));
+            let (code, head) = (response.status().as_u16(), response.headers().clone());
+            h1.push(answer(code, &head, response.bytes().await.expect("body")));
+            h2.push(get_h2(&app.address, &path, &headers).await);
         }
-        assert_eq!(
-            answers[0], answers[1],
-            "GET /flows/{flow_id}/grains/{timestamp}{query} with Accept {accept:?}"
-        );
-        compared += 1;
+        assert_eq!(h1[0].0, status, "{what}: {:?}", h1[0]);
+        assert_eq!(h1[0], h1[1], "HTTP/1.1 {what}");
+        assert_eq!(h2[0], h2[1], "HTTP/2 {what}");
     }
-    assert_eq!(compared, 11);
-    let metrics = app.metrics().await;
+    assert_eq!(count, 17);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
     let line = metrics
         .lines()
         .find(|l| {
@@ -335,6 +489,6 @@ async fn the_direct_read_and_the_router_answer_alike() {
             )
         })
         .unwrap_or_else(|| panic!("no count of the route's GETs in {metrics}"));
-    // Four 200s by each path (raw, JSON, NDJSON, GSF).
-    assert!(line.ends_with(" 8"), "{line}");
+    // Seven 200s, each by both paths over both protocols.
+    assert!(line.ends_with(" 28"), "{line}");
 }
