@@ -109,10 +109,14 @@ fn set_content_length(response: &mut Response) {
 /// The flow id and timestamp of a path of the form `/flows/{id}/grains/{timestamp}`
 /// with neither empty nor percent-encoded (such paths are the router's).
 pub fn grain_path(path: &str) -> Option<(&str, &str)> {
-    let (id, rest) = path.strip_prefix("/flows/")?.split_once('/')?;
+    let rest = path.strip_prefix("/flows/")?;
+    if rest.as_bytes().contains(&b'%') {
+        return None;
+    }
+    let (id, rest) = rest.split_once('/')?;
     let timestamp = rest.strip_prefix("grains/")?;
-    let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
-    (plain(id) && plain(timestamp)).then_some((id, timestamp))
+    let whole = !id.is_empty() && !timestamp.is_empty() && !timestamp.as_bytes().contains(&b'/');
+    whole.then_some((id, timestamp))
 }
 
 /// What the router's `get(grains::get_one)` does for the same request: the flow's read
