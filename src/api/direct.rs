@@ -142,27 +142,17 @@ async fn get_one(state: AppState, request: Request) -> ApiResult<Response> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use futures::future::Either;
     use tower::Service;
 
     use super::grain_path;
-    use crate::api::{AppState, router};
-    use crate::config::{Config, Overrides};
-    use crate::store::embedded::EmbeddedStore;
+    use crate::api::{router, test_state};
 
     #[tokio::test]
     async fn plain_gets_go_beside_the_router_and_the_rest_through_it() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let overrides = Overrides {
-            data_dir: Some(dir.path().to_owned()),
-            ..Overrides::default()
-        };
-        let config = Config::load_from(None, [], &overrides).expect("config");
-        let store = EmbeddedStore::open(config.embedded()).expect("store");
-        let mut app = router(AppState::new(Arc::new(store), config));
+        let (state, _dir) = test_state();
+        let mut app = router(state);
         let flow = "5a6b7c8d-0000-4000-8000-000000000001";
         let mut direct = |method: &str, path: &str| {
             let request = axum::http::Request::builder()

@@ -632,19 +632,10 @@ mod tests {
     use axum::routing::get;
 
     use super::*;
-    use crate::config::{Config, Overrides};
-    use crate::store::embedded::EmbeddedStore;
 
     /// The middleware around `routes`, over an embedded store in a temp dir.
     fn app(routes: Router<AppState>) -> (App, AppState, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let overrides = Overrides {
-            data_dir: Some(dir.path().to_owned()),
-            ..Overrides::default()
-        };
-        let config = Config::load_from(None, [], &overrides).expect("config");
-        let store = EmbeddedStore::open(config.embedded()).expect("store");
-        let state = AppState::new(Arc::new(store), config);
+        let (state, dir) = super::super::test_state();
         (stack(routes, state.clone()), state, dir)
     }
 

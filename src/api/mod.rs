@@ -89,6 +89,20 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// State over an embedded store in a fresh temp dir (removed when the dir is dropped),
+/// for unit tests of the HTTP layer.
+#[cfg(test)]
+pub(crate) fn test_state() -> (AppState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let overrides = crate::config::Overrides {
+        data_dir: Some(dir.path().to_owned()),
+        ..crate::config::Overrides::default()
+    };
+    let config = Config::load_from(None, [], &overrides).expect("config");
+    let store = crate::store::embedded::EmbeddedStore::open(config.embedded()).expect("store");
+    (AppState::new(Arc::new(store), config), dir)
+}
+
 /// The routes the service serves, as (path, methods), for the OpenAPI parity test.
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get", "head"]),
