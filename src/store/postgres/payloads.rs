@@ -168,8 +168,9 @@ impl Payloads {
     }
 
     /// Fetches byte ranges of several objects: `wanted` is (key, range) per payload, the
-    /// answer is in the same order. Ranges of one object are fetched in one call that
-    /// coalesces adjacent ones; objects are fetched concurrently.
+    /// answer is in the same order. The ranges of one object are cut into parts of about
+    /// [`PART_BYTES`], each fetched in one call that coalesces adjacent ranges; all parts
+    /// are fetched concurrently.
     pub async fn fetch(
         &self,
         wanted: &[(&str, Range<u64>)],
@@ -178,12 +179,17 @@ impl Payloads {
         for (i, (key, _)) in wanted.iter().enumerate() {
             by_key.entry(key).or_default().push(i);
         }
-        let fetches = by_key.into_iter().map(|(key, indexes)| {
-            let ranges: Vec<Range<u64>> = indexes.iter().map(|&i| wanted[i].1.clone()).collect();
-            async move {
-                let got = self.store.get_ranges(&Path::from(key), &ranges).await;
-                (key, indexes, got)
-            }
+        let fetches = by_key.into_iter().flat_map(|(key, indexes)| {
+            parts(&indexes, |i| &wanted[i].1)
+                .into_iter()
+                .map(move |indexes| {
+                    let ranges: Vec<Range<u64>> =
+                        indexes.iter().map(|&i| wanted[i].1.clone()).collect();
+                    async move {
+                        let got = self.store.get_ranges(&Path::from(key), &ranges).await;
+                        (key, indexes, got)
+                    }
+                })
         });
         let mut out: Vec<Option<Result<Bytes, StoreError>>> =
             (0..wanted.len()).map(|_| None).collect();
@@ -221,5 +227,56 @@ impl Payloads {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+/// The bytes one request for ranges of one object asks for at most (a single range
+/// larger than this is one request of its own).
+const PART_BYTES: u64 = 2 << 20;
+
+/// `indexes` (of ranges of one object, in order) cut into runs of about [`PART_BYTES`].
+///
+/// A page of large grains is a few MiB of one object, back to back: fetched as one
+/// request, it arrives at the speed of one stream of the object store. Served as
+/// concurrent parts, a single reader of 1 MiB grains from s3s-fs went from 97–107 to
+/// 125–135 MB/s, and s3s-fs spent a third less CPU per byte.
+fn parts<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<Vec<usize>> {
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for &i in indexes {
+        let r = range(i);
+        if parts.is_empty() || bytes >= PART_BYTES {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += r.end.saturating_sub(r.start);
+        parts.last_mut().expect("a part").push(i);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_hold_about_part_bytes_and_keep_every_index_in_order() {
+        const MIB: u64 = 1 << 20;
+        let cut = |sizes: &[u64]| {
+            let mut at = 0;
+            let ranges: Vec<Range<u64>> = sizes
+                .iter()
+                .map(|&n| {
+                    at += n;
+                    at - n..at
+                })
+                .collect();
+            let indexes: Vec<usize> = (0..ranges.len()).collect();
+            parts(&indexes, |i| &ranges[i])
+        };
+        assert_eq!(cut(&[MIB; 5]), vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert_eq!(cut(&[5 * MIB, 10, 10]), vec![vec![0], vec![1, 2]]);
+        assert_eq!(cut(&[100; 4]), vec![vec![0, 1, 2, 3]]);
+        assert_eq!(cut(&[]), Vec::<Vec<usize>>::new());
     }
 }
