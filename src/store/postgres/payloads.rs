@@ -238,8 +238,8 @@ const PART_BYTES: u64 = 2 << 20;
 ///
 /// A page of large grains is a few MiB of one object, back to back: fetched as one
 /// request, it arrives at the speed of one stream of the object store. Served as
-/// concurrent parts, a single reader of 1 MiB grains from s3s-fs went from 97–107 to
-/// 125–135 MB/s, and s3s-fs spent a third less CPU per byte.
+/// concurrent parts, a single reader of 1 MiB grains from s3s-fs went from 94–113 to
+/// 124–135 MB/s, and s3s-fs spent a third less CPU per byte.
 fn parts<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<Vec<usize>> {
     let mut parts: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0;
