@@ -258,6 +258,7 @@ impl Config {
                 s3_access_key_id: s.s3_access_key_id.clone(),
                 s3_secret_access_key: s.s3_secret_access_key.clone(),
                 s3_allow_http: s.s3_allow_http,
+                s3_payload_signing: s.s3_payload_signing,
             },
             max_sessions: s.max_sessions,
             session_wait: Duration::from_millis(s.session_wait_ms),
@@ -346,6 +347,9 @@ pub struct StorageConfig {
     pub s3_secret_access_key: String,
     /// Whether an `http://` S3 endpoint is allowed.
     pub s3_allow_http: bool,
+    /// Whether uploads' bodies are signed: `auto` (unsigned over HTTPS, signed over
+    /// HTTP), `signed` or `unsigned`.
+    pub s3_payload_signing: crate::store::postgres::PayloadSigning,
     /// Seconds an unreferenced payload object is kept before it is deleted.
     pub gc_grace_secs: u64,
     /// Seconds between garbage collections; 0 disables them.

@@ -133,6 +133,9 @@ async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) 
             "GRAINSTORE__STORAGE__S3_ALLOW_HTTP",
             machine.s3_endpoint.starts_with("http://").to_string(),
         )
+        // What `auto` does against an HTTPS object store in production; s3s-fs here
+        // answers on plain HTTP, where `auto` would sign every upload's SHA-256.
+        .env("GRAINSTORE__STORAGE__S3_PAYLOAD_SIGNING", "unsigned")
         .env("GRAINSTORE__STORAGE__S3_REGION", "us-east-1")
         .env(
             "GRAINSTORE__STORAGE__S3_ACCESS_KEY_ID",

@@ -62,7 +62,7 @@ use super::{
 use crate::time::{Bound, TimeRange, Timestamp};
 
 pub use gc::GcReport;
-pub use payloads::{ObjectStoreConfig, UrlError};
+pub use payloads::{ObjectStoreConfig, PayloadSigning, UrlError};
 pub use tls::SslMode;
 
 /// Settings of the PostgreSQL store.

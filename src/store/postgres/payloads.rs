@@ -33,6 +33,40 @@ pub struct ObjectStoreConfig {
     pub s3_secret_access_key: String,
     /// Whether plain `http://` endpoints are allowed.
     pub s3_allow_http: bool,
+    /// Whether request bodies are covered by the SigV4 signature.
+    pub s3_payload_signing: PayloadSigning,
+}
+
+/// Whether the SHA-256 of each uploaded object is part of its request's signature.
+///
+/// Signing the payload guards its bytes against changes on the way; it costs a SHA-256
+/// pass over every byte in the replica and another in the object store. Over TLS the
+/// bytes are guarded already, and AWS's own SDKs send S3 uploads over HTTPS unsigned
+/// (`UNSIGNED-PAYLOAD`). Either way, every payload's crc32c is checked when it is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadSigning {
+    /// Unsigned over HTTPS (the AWS endpoint when none is set), signed over plain HTTP.
+    #[default]
+    Auto,
+    /// Always signed.
+    Signed,
+    /// Never signed.
+    Unsigned,
+}
+
+impl ObjectStoreConfig {
+    /// Whether uploads go with `UNSIGNED-PAYLOAD` instead of their body's SHA-256.
+    pub fn unsigned_payload(&self) -> bool {
+        match self.s3_payload_signing {
+            PayloadSigning::Signed => false,
+            PayloadSigning::Unsigned => true,
+            PayloadSigning::Auto => !self
+                .s3_endpoint
+                .get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://")),
+        }
+    }
 }
 
 /// Why an object store URL is refused.
@@ -66,6 +100,7 @@ pub fn open(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>, UrlError
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_allow_http(config.s3_allow_http)
+                .with_unsigned_payload(config.unsigned_payload())
                 .with_retry(object_store::RetryConfig {
                     backoff: Default::default(),
                     max_retries: 3,
@@ -278,5 +313,22 @@ mod tests {
         assert_eq!(cut(&[5 * MIB, 10, 10]), vec![vec![0], vec![1, 2]]);
         assert_eq!(cut(&[100; 4]), vec![vec![0, 1, 2, 3]]);
         assert_eq!(cut(&[]), Vec::<Vec<usize>>::new());
+    }
+
+    #[test]
+    fn payloads_are_signed_over_plain_http_unless_told_otherwise() {
+        let config = |endpoint: &str, signing| ObjectStoreConfig {
+            s3_endpoint: endpoint.into(),
+            s3_payload_signing: signing,
+            ..ObjectStoreConfig::default()
+        };
+        use PayloadSigning::*;
+        assert!(config("", Auto).unsigned_payload());
+        assert!(config("https://s3.example.net", Auto).unsigned_payload());
+        assert!(!config("http://127.0.0.1:9000", Auto).unsigned_payload());
+        assert!(!config("HTTP://minio:9000", Auto).unsigned_payload());
+        assert!(config("http://127.0.0.1:9000", Unsigned).unsigned_payload());
+        assert!(!config("https://s3.example.net", Signed).unsigned_payload());
+        assert!(!config("", Signed).unsigned_payload());
     }
 }
