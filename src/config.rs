@@ -421,7 +421,7 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             builder = builder.set_override("storage.data_dir", dir.to_string_lossy().as_ref())?;
         }
-        let config: Config = builder.build()?.try_deserialize()?;
+        let config: Config = builder.build()?.try_deserialize().map_err(with_words)?;
         config.validate()?;
         Ok(config)
     }
@@ -514,6 +514,53 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What a key that takes words says of a value that is none of them.
+type Words = fn(&str) -> String;
+
+/// The keys whose values are the words of an enum, and what those words are.
+const WORD_KEYS: &[(&str, Words)] = &[
+    ("auth.mode", expected::<AuthMode>),
+    ("storage.backend", expected::<Backend>),
+    (
+        "storage.postgres_sslmode",
+        expected::<crate::store::postgres::SslMode>,
+    ),
+    (
+        "storage.s3_payload_signing",
+        expected::<crate::store::postgres::PayloadSigning>,
+    ),
+    ("log.format", expected::<LogFormat>),
+];
+
+/// What serde says of `value` as a `T`: for a word that is none of an enum's, "unknown
+/// variant `value`, expected one of ...".
+fn expected<T: serde::de::DeserializeOwned>(value: &str) -> String {
+    use serde::de::IntoDeserializer;
+    let words: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+        value.into_deserializer();
+    match T::deserialize(words) {
+        Err(e) => e.to_string(),
+        Ok(_) => format!("{value:?} is not accepted here"),
+    }
+}
+
+/// The configuration crate's error for a word that is none of an enum's names the key
+/// and the word only; this one lists the words the key takes.
+fn with_words(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    if let Some((_, rest)) = text.split_once("does not have variant constructor ") {
+        for (key, words) in WORD_KEYS {
+            if let Some(value) = rest.strip_suffix(&format!(" for key `{key}`")) {
+                return ConfigError::Value {
+                    key,
+                    reason: words(value),
+                };
+            }
+        }
+    }
+    e.into()
 }
 
 impl Config {
@@ -646,6 +693,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("storage.backend"), "{err}");
+        assert!(err.contains("`embedded` or `postgres`"), "{err}");
         let err = Config::load_from(
             None,
             env(&[("GRAINSTORE__SERVER__LISTN", "1.2.3.4:5")]),
@@ -654,6 +702,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn a_word_that_is_none_of_a_keys_words_is_answered_with_them() {
+        for (var, key, words) in [
+            (
+                "GRAINSTORE__AUTH__MODE",
+                "auth.mode",
+                "`none`, `token`, `jwt`",
+            ),
+            (
+                "GRAINSTORE__LOG__FORMAT",
+                "log.format",
+                "`pretty` or `json`",
+            ),
+            (
+                "GRAINSTORE__STORAGE__POSTGRES_SSLMODE",
+                "storage.postgres_sslmode",
+                "`verify-full`",
+            ),
+            (
+                "GRAINSTORE__STORAGE__S3_PAYLOAD_SIGNING",
+                "storage.s3_payload_signing",
+                "`auto`, `signed`, `unsigned`",
+            ),
+        ] {
+            let err = Config::load_from(None, env(&[(var, "maybe")]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(err.contains("unknown variant `maybe`"), "{err}");
+            assert!(err.contains(words), "{err}");
+        }
+        // Every key listed takes words: none of them would accept any text.
+        for (key, words) in WORD_KEYS {
+            assert!(words("maybe").contains("unknown variant"), "{key}");
+        }
     }
 
     #[test]
