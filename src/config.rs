@@ -579,11 +579,26 @@ impl Config {
                 reason: "required when storage.s3_access_key_id is set".into(),
             });
         }
-        if s.s3_endpoint.starts_with("http://") && !s.s3_allow_http {
-            return Err(ConfigError::Value {
-                key: "storage.s3_allow_http",
-                reason: format!("must be true for the http:// endpoint {:?}", s.s3_endpoint),
-            });
+        if !s.s3_endpoint.is_empty() {
+            // The URL parser drops surrounding spaces; object_store's requests do not.
+            let endpoint = (s.s3_endpoint.trim() == s.s3_endpoint)
+                .then(|| url::Url::parse(&s.s3_endpoint).ok())
+                .flatten()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                .ok_or_else(|| ConfigError::Value {
+                    key: "storage.s3_endpoint",
+                    reason: format!(
+                        "{:?} is not an http:// or https:// URL with a host (e.g. \
+                         \"https://minio.internal:9000\")",
+                        s.s3_endpoint
+                    ),
+                })?;
+            if endpoint.scheme() == "http" && !s.s3_allow_http {
+                return Err(ConfigError::Value {
+                    key: "storage.s3_allow_http",
+                    reason: format!("must be true for the http:// endpoint {:?}", s.s3_endpoint),
+                });
+            }
         }
         crate::store::postgres::check_settings(&self.postgres()).map_err(|e| {
             ConfigError::Value {
@@ -794,6 +809,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("storage.s3_allow_http"), "{err}");
+        let s3 = (
+            "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
+            "s3://bucket/prefix",
+        );
+        let err = load(&[
+            url,
+            s3,
+            ("GRAINSTORE__STORAGE__S3_ENDPOINT", "HTTP://minio:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.s3_allow_http"), "{err}");
+        for endpoint in [
+            "minio:9000",
+            "s3.example.net",
+            " http://minio:9000",
+            "ftp://h/",
+        ] {
+            let err = load(&[url, s3, ("GRAINSTORE__STORAGE__S3_ENDPOINT", endpoint)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("storage.s3_endpoint"), "{endpoint}: {err}");
+        }
+        let err = load(&[
+            url,
+            s3,
+            ("GRAINSTORE__STORAGE__S3_ENDPOINT", "HTTPS://minio:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        // Past the endpoint: the next check is of the pool.
+        assert!(err.contains("storage.max_sessions"), "{err}");
         let config = load(&[
             url,
             (

@@ -41,12 +41,14 @@ pub struct ObjectStoreConfig {
 ///
 /// Signing the payload guards its bytes against changes on the way; it costs a SHA-256
 /// pass over every byte in the replica and another in the object store. Over TLS the
-/// bytes are guarded already, and AWS's own SDKs send S3 uploads over HTTPS unsigned
-/// (`UNSIGNED-PAYLOAD`). Either way, every payload's crc32c is checked when it is read.
+/// bytes are guarded by TLS already. (AWS's own SDKs also upload to S3 over HTTPS with
+/// `UNSIGNED-PAYLOAD`, adding a trailing checksum that S3 checks; grainstore adds none.)
+/// Either way, every payload's crc32c is checked when it is read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadSigning {
-    /// Unsigned over HTTPS (the AWS endpoint when none is set), signed over plain HTTP.
+    /// Unsigned when plain HTTP is not allowed (`s3_allow_http = false`: every request
+    /// then goes over HTTPS, whatever the endpoint's source), signed when it is.
     #[default]
     Auto,
     /// Always signed.
@@ -56,15 +58,16 @@ pub enum PayloadSigning {
 }
 
 impl ObjectStoreConfig {
-    /// Whether uploads go with `UNSIGNED-PAYLOAD` instead of their body's SHA-256.
+    /// Whether uploads go with `UNSIGNED-PAYLOAD` instead of their body's SHA-256. The
+    /// setting decides, not the `AWS_UNSIGNED_PAYLOAD` environment variable.
     pub fn unsigned_payload(&self) -> bool {
         match self.s3_payload_signing {
             PayloadSigning::Signed => false,
             PayloadSigning::Unsigned => true,
-            PayloadSigning::Auto => !self
-                .s3_endpoint
-                .get(..7)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://")),
+            // The endpoint may come from the environment (`AWS_ENDPOINT_URL_S3` even
+            // overrides the configured one), so its scheme is not looked at: without
+            // `s3_allow_http`, object_store refuses every plain-HTTP request.
+            PayloadSigning::Auto => !self.s3_allow_http,
         }
     }
 }
@@ -269,7 +272,8 @@ impl Payloads {
 /// larger than this is one request of its own).
 const PART_BYTES: u64 = 2 << 20;
 
-/// `indexes` (of ranges of one object, in order) cut into runs of about [`PART_BYTES`].
+/// `indexes` (of ranges of one object, in order) cut into runs of at most
+/// [`PART_BYTES`], or of a single larger range.
 ///
 /// A page of large grains is a few MiB of one object, back to back: fetched as one
 /// request, it arrives at the speed of one stream of the object store. Served as
@@ -280,11 +284,12 @@ fn parts<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<
     let mut bytes = 0;
     for &i in indexes {
         let r = range(i);
-        if parts.is_empty() || bytes >= PART_BYTES {
+        let len = r.end.saturating_sub(r.start);
+        if parts.is_empty() || bytes + len > PART_BYTES {
             parts.push(Vec::new());
             bytes = 0;
         }
-        bytes += r.end.saturating_sub(r.start);
+        bytes += len;
         parts.last_mut().expect("a part").push(i);
     }
     parts
@@ -295,7 +300,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_hold_about_part_bytes_and_keep_every_index_in_order() {
+    fn parts_hold_at_most_part_bytes_and_keep_every_index_in_order() {
         const MIB: u64 = 1 << 20;
         let cut = |sizes: &[u64]| {
             let mut at = 0;
@@ -311,24 +316,28 @@ mod tests {
         };
         assert_eq!(cut(&[MIB; 5]), vec![vec![0, 1], vec![2, 3], vec![4]]);
         assert_eq!(cut(&[5 * MIB, 10, 10]), vec![vec![0], vec![1, 2]]);
+        assert_eq!(cut(&[10, 5 * MIB, 10]), vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(
+            cut(&[3 * MIB / 2; 4]),
+            vec![vec![0], vec![1], vec![2], vec![3]]
+        );
         assert_eq!(cut(&[100; 4]), vec![vec![0, 1, 2, 3]]);
         assert_eq!(cut(&[]), Vec::<Vec<usize>>::new());
     }
 
     #[test]
-    fn payloads_are_signed_over_plain_http_unless_told_otherwise() {
-        let config = |endpoint: &str, signing| ObjectStoreConfig {
-            s3_endpoint: endpoint.into(),
+    fn payloads_are_signed_where_plain_http_is_allowed_unless_told_otherwise() {
+        let config = |allow_http, signing| ObjectStoreConfig {
+            s3_allow_http: allow_http,
             s3_payload_signing: signing,
             ..ObjectStoreConfig::default()
         };
         use PayloadSigning::*;
-        assert!(config("", Auto).unsigned_payload());
-        assert!(config("https://s3.example.net", Auto).unsigned_payload());
-        assert!(!config("http://127.0.0.1:9000", Auto).unsigned_payload());
-        assert!(!config("HTTP://minio:9000", Auto).unsigned_payload());
-        assert!(config("http://127.0.0.1:9000", Unsigned).unsigned_payload());
-        assert!(!config("https://s3.example.net", Signed).unsigned_payload());
-        assert!(!config("", Signed).unsigned_payload());
+        assert!(config(false, Auto).unsigned_payload());
+        assert!(!config(true, Auto).unsigned_payload());
+        assert!(config(true, Unsigned).unsigned_payload());
+        assert!(config(false, Unsigned).unsigned_payload());
+        assert!(!config(false, Signed).unsigned_payload());
+        assert!(!config(true, Signed).unsigned_payload());
     }
 }
