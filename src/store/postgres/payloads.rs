@@ -206,9 +206,9 @@ impl Payloads {
     }
 
     /// Fetches byte ranges of several objects: `wanted` is (key, range) per payload, the
-    /// answer is in the same order. The ranges of one object are cut into parts of about
-    /// [`PART_BYTES`], each fetched in one call that coalesces adjacent ranges; all parts
-    /// are fetched concurrently.
+    /// answer is in the same order. The ranges of one object are cut into parts of at most
+    /// [`PART_BYTES`] (or one larger range), each fetched in one call that coalesces
+    /// adjacent ranges; all parts are fetched concurrently.
     pub async fn fetch(
         &self,
         wanted: &[(&str, Range<u64>)],
