@@ -403,7 +403,7 @@ pub async fn large(
                 mbs / dd_mbs,
                 cpu / (dd_cpu / gib)
             ),
-            format!("{}; ", verdict(mbs / dd_mbs >= 0.8, "≥ 0.8x dd")),
+            format!("{}; ", verdict(mbs / dd_mbs >= 0.7, "≥ 0.7x dd")),
         ),
         None => ("—".into(), String::new()),
     };

@@ -108,6 +108,18 @@ pub enum Order {
     Descending,
 }
 
+impl Order {
+    /// The part of `range` that a paged read in this order still has to visit after
+    /// the grain at `resume` (strictly after it; all of `range` without one).
+    pub fn rest_of(self, range: &TimeRange, resume: Option<Timestamp>) -> TimeRange {
+        match (resume, self) {
+            (None, _) => *range,
+            (Some(resume), Order::Ascending) => range.intersect(&TimeRange::after(resume)),
+            (Some(resume), Order::Descending) => range.intersect(&TimeRange::before(resume)),
+        }
+    }
+}
+
 /// What a read asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GrainQuery {
@@ -634,5 +646,47 @@ impl WriteSession {
     /// What this session has committed so far.
     pub fn totals(&self) -> BatchOutcome {
         self.totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Bound;
+
+    #[test]
+    fn the_rest_of_a_range_lies_strictly_beyond_the_resume_point() {
+        let t = |s: i64| Timestamp::from_secs(s).expect("a timestamp");
+        let range = TimeRange::new(Bound::Inclusive(t(10)), Bound::Exclusive(t(20)));
+        assert_eq!(Order::Ascending.rest_of(&range, None), range);
+        assert_eq!(Order::Descending.rest_of(&range, None), range);
+        assert_eq!(
+            Order::Ascending.rest_of(&range, Some(t(15))),
+            TimeRange::new(Bound::Exclusive(t(15)), Bound::Exclusive(t(20)))
+        );
+        assert_eq!(
+            Order::Descending.rest_of(&range, Some(t(15))),
+            TimeRange::new(Bound::Inclusive(t(10)), Bound::Exclusive(t(15)))
+        );
+        // A resume point outside the range leaves all of it, or none.
+        assert_eq!(Order::Ascending.rest_of(&range, Some(t(5))), range);
+        assert!(
+            Order::Ascending
+                .rest_of(&range, Some(t(19)))
+                .bounds()
+                .is_some()
+        );
+        assert!(Order::Ascending.rest_of(&range, Some(t(20))).is_empty());
+        assert!(Order::Descending.rest_of(&range, Some(t(10))).is_empty());
+        assert!(
+            Order::Descending
+                .rest_of(&TimeRange::EMPTY, Some(t(10)))
+                .is_empty()
+        );
+        let eternity = TimeRange::ETERNITY;
+        assert_eq!(
+            Order::Descending.rest_of(&eternity, Some(t(0))),
+            TimeRange::before(t(0))
+        );
     }
 }

@@ -435,16 +435,7 @@ fn key_range(
     order: Order,
     resume: Option<Timestamp>,
 ) -> Option<KeyRange> {
-    let (mut lo, mut hi) = match range.bounds() {
-        None => return None,
-        Some((start, end)) => (start, end),
-    };
-    if let Some(resume) = resume {
-        match order {
-            Order::Ascending => lo = tighter_start(lo, Bound::Exclusive(resume)),
-            Order::Descending => hi = tighter_end(hi, Bound::Exclusive(resume)),
-        }
-    }
+    let (lo, hi) = order.rest_of(range, resume).bounds()?;
     let lo = match lo {
         Bound::Inclusive(t) => KeyBound::Included((flow, t.to_nanos())),
         Bound::Exclusive(t) => KeyBound::Excluded((flow, t.to_nanos())),
@@ -464,24 +455,6 @@ fn key_range(
         _ => false,
     };
     (!empty).then_some((lo, hi))
-}
-
-fn tighter_start(a: Bound, b: Bound) -> Bound {
-    let key = |x: &Bound| match x {
-        Bound::Unbounded => (i128::MIN, 0),
-        Bound::Inclusive(t) => (t.to_nanos(), 0),
-        Bound::Exclusive(t) => (t.to_nanos(), 1),
-    };
-    if key(&a) >= key(&b) { a } else { b }
-}
-
-fn tighter_end(a: Bound, b: Bound) -> Bound {
-    let key = |x: &Bound| match x {
-        Bound::Unbounded => (i128::MAX, 0),
-        Bound::Inclusive(t) => (t.to_nanos(), 0),
-        Bound::Exclusive(t) => (t.to_nanos(), -1),
-    };
-    if key(&a) <= key(&b) { a } else { b }
 }
 
 /// Grain index keys of one flow.

@@ -233,24 +233,6 @@ fn bound_sql(
     ))
 }
 
-fn tighter_start(a: Bound, b: Bound) -> Bound {
-    let key = |x: &Bound| match x {
-        Bound::Unbounded => (i128::MIN, 0),
-        Bound::Inclusive(t) => (t.to_nanos(), 0),
-        Bound::Exclusive(t) => (t.to_nanos(), 1),
-    };
-    if key(&a) >= key(&b) { a } else { b }
-}
-
-fn tighter_end(a: Bound, b: Bound) -> Bound {
-    let key = |x: &Bound| match x {
-        Bound::Unbounded => (i128::MAX, 0),
-        Bound::Inclusive(t) => (t.to_nanos(), 0),
-        Bound::Exclusive(t) => (t.to_nanos(), -1),
-    };
-    if key(&a) <= key(&b) { a } else { b }
-}
-
 #[async_trait]
 impl Snapshot for PgSnapshot {
     async fn timerange(&self) -> Result<TimeRange, StoreError> {
@@ -374,15 +356,9 @@ impl PgSnapshot {
         limit: PageLimit,
         with_payload: bool,
     ) -> Result<Vec<StoredGrain>, StoreError> {
-        let Some((mut lo, mut hi)) = range.bounds() else {
+        let Some((lo, hi)) = order.rest_of(&range, resume).bounds() else {
             return Ok(Vec::new());
         };
-        if let Some(resume) = resume {
-            match order {
-                Order::Ascending => lo = tighter_start(lo, Bound::Exclusive(resume)),
-                Order::Descending => hi = tighter_end(hi, Bound::Exclusive(resume)),
-            }
-        }
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(self.flow)];
         let mut conditions = vec!["g.flow_id = $1".to_owned()];
         conditions.extend(bound_sql(lo, true, &mut params));
