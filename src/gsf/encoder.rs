@@ -253,26 +253,49 @@ impl GsfBlocks {
     /// `payload` is copied when small, else `shared` gives it as `Bytes` to pass on
     /// (the payload's own, or a copy when it has none).
     pub fn push_parts(&mut self, gbhd: &[u8], payload: &[u8], shared: impl FnOnce() -> Bytes) {
+        if self.start_grain(gbhd, payload.len()) {
+            self.chunk.put_slice(payload);
+        } else {
+            self.pieces.push(shared());
+        }
+    }
+
+    /// As [`GsfBlocks::push_parts`], for a payload that is the concatenation of
+    /// `pieces` (as they arrived from an object store): copied when small, else passed
+    /// on piece by piece.
+    pub fn push_pieces(&mut self, gbhd: &[u8], pieces: Vec<Bytes>) {
+        let len = pieces.iter().map(Bytes::len).sum();
+        if self.start_grain(gbhd, len) {
+            for piece in &pieces {
+                self.chunk.put_slice(piece);
+            }
+        } else {
+            self.pieces.extend(pieces);
+        }
+    }
+
+    /// Writes a grain's framing and `gbhd` block into the shared chunk; true when its
+    /// payload of `payload_len` bytes is to be copied after them, false when the chunk
+    /// was closed for the payload to follow as pieces of its own.
+    fn start_grain(&mut self, gbhd: &[u8], payload_len: usize) -> bool {
         if self.chunk.len() >= Self::CHUNK {
             self.close_chunk();
         }
-        let copied = payload.len() < Self::COPY_BELOW;
-        let needed = GRAIN_FRAMING + gbhd.len() + if copied { payload.len() } else { 0 };
+        let copied = payload_len < Self::COPY_BELOW;
+        let needed = GRAIN_FRAMING + gbhd.len() + if copied { payload_len } else { 0 };
         // A new chunk when this one is full: room for a whole chunk at once, not one
         // grain at a time (and never for a payload that is not copied).
         if self.chunk.capacity() - self.chunk.len() < needed {
             self.chunk.reserve(needed.max(Self::CHUNK));
         }
-        put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload.len());
+        put_grai_start(&mut self.chunk, self.local_id, gbhd.len(), payload_len);
         self.chunk.put_slice(gbhd);
-        put_grdt_start(&mut self.chunk, payload.len());
-        if copied {
-            self.chunk.put_slice(payload);
-        } else {
-            self.close_chunk();
-            self.pieces.push(shared());
-        }
+        put_grdt_start(&mut self.chunk, payload_len);
         self.grains += 1;
+        if !copied {
+            self.close_chunk();
+        }
+        copied
     }
 
     fn close_chunk(&mut self) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use grainstore::store::postgres::{ObjectStoreConfig, PostgresConfig, PostgresStore};
 use grainstore::store::{GrainQuery, Store, StoreError};
+use grainstore::time::{Bound, TimeRange, Timestamp};
 use tokio_postgres::NoTls;
 
 use crate::helpers::*;
@@ -320,6 +321,54 @@ async fn corrupt_payloads_fail_the_read() {
         session.get(secs(10), true).await,
         Err(StoreError::Corrupt(_))
     ));
+    assert_gsf_fails_at(&session, secs(10)).await;
+
+    // A payload object changed or cut short after it was stored: its grain's GSF fails.
+    for (at, damage) in [(20, "a flipped byte"), (21, "cut short")] {
+        let sent = frame(&flow, secs(at), 50_000, 2);
+        write(&store, flow.id, [sent]).await.unwrap();
+        let key: String = db
+            .query_one(
+                "SELECT o.key FROM grains g JOIN objects o ON o.id = g.object_id
+                 WHERE g.ts_sec = $1",
+                &[&at],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let path = object_store::path::Path::from(key);
+        let mut bytes = object_store::ObjectStoreExt::get(&*raw, &path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        if damage == "cut short" {
+            bytes.truncate(bytes.len() - 100);
+        } else {
+            bytes[30_000] ^= 1;
+        }
+        object_store::ObjectStoreExt::put(&*raw, &path, bytes.into())
+            .await
+            .unwrap();
+        let session = store.open_read(flow.id).await.unwrap();
+        assert_gsf_fails_at(&session, secs(at)).await;
+    }
+}
+
+/// A GSF read of the grains from `at` on gives no block and the error `Corrupt`.
+async fn assert_gsf_fails_at(session: &grainstore::store::ReadSession, at: Timestamp) {
+    let query = GrainQuery {
+        range: TimeRange::new(Bound::Inclusive(at), Bound::Inclusive(at)),
+        ..GrainQuery::all()
+    };
+    let mut pages = session.gsf_pages(query, 1);
+    match pages.next().await {
+        Some(Err(StoreError::Corrupt(_))) => {}
+        Some(Ok(page)) => panic!("{} grains of GSF from a damaged object", page.grains),
+        other => panic!("{other:?} from a damaged object"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload,
+};
 use url::Url;
 
 use crate::store::{FlowId, StoreError};
@@ -255,6 +258,89 @@ impl Payloads {
             .collect()
     }
 
+    /// As [`Payloads::fetch`], with each payload as the pieces in which the object
+    /// store's answer arrived instead of one buffer: nothing copies them together, for
+    /// GSF pages, which send large payloads on as pieces anyway. The ranges of one object
+    /// are fetched in spans of at most [`PART_BYTES`] (or one larger range), cut where
+    /// ranges lie more than [`MAX_GAP`] apart; a span's bytes between ranges are read
+    /// and dropped.
+    pub async fn fetch_pieces(
+        &self,
+        wanted: &[(&str, Range<u64>)],
+    ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
+        let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (key, _)) in wanted.iter().enumerate() {
+            by_key.entry(key).or_default().push(i);
+        }
+        let fetches = by_key.into_iter().flat_map(|(key, mut indexes)| {
+            indexes.sort_by_key(|&i| wanted[i].1.start);
+            spans(&indexes, |i| &wanted[i].1)
+                .into_iter()
+                .map(move |indexes| {
+                    let ranges: Vec<Range<u64>> =
+                        indexes.iter().map(|&i| wanted[i].1.clone()).collect();
+                    async move {
+                        let got = self.fetch_span(key, &ranges).await;
+                        (key, indexes, got)
+                    }
+                })
+        });
+        let mut out: Vec<Option<Result<Vec<Bytes>, StoreError>>> =
+            (0..wanted.len()).map(|_| None).collect();
+        for (key, indexes, got) in futures::future::join_all(fetches).await {
+            match got {
+                Ok(pieces) => {
+                    for (i, piece) in indexes.into_iter().zip(pieces) {
+                        out[i] = Some(piece);
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    for i in indexes {
+                        out[i] = Some(Err(StoreError::Corrupt(format!(
+                            "payload object {key} is missing"
+                        ))));
+                    }
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
+            })
+            .collect()
+    }
+
+    /// The pieces of `ranges` (sorted, not overlapping) of object `key`, read in one
+    /// request for the span from the first's start to the last's end.
+    async fn fetch_span(
+        &self,
+        key: &str,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, object_store::Error> {
+        let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut cutter = Cutter::new(first.start, ranges);
+        if first.start < last.end {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(first.start..last.end)),
+                ..GetOptions::default()
+            };
+            let got = self.store.get_opts(&Path::from(key), options).await?;
+            let mut chunks = match got.payload {
+                // An answer over the network: its chunks as they arrive.
+                GetResultPayload::Stream(_) => got.into_stream(),
+                // A local file: one read of the span (its stream reads 8 KiB at a time).
+                _ => futures::stream::once(got.bytes()).boxed(),
+            };
+            while let Some(chunk) = chunks.next().await {
+                cutter.feed(chunk?);
+            }
+        }
+        Ok(cutter.finish(key))
+    }
+
     /// Succeeds when the object store answers (a missing probe object is an answer).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self
@@ -295,6 +381,96 @@ fn parts<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<
     parts
 }
 
+/// Ranges of one object further apart than this are fetched in separate requests
+/// by [`Payloads::fetch_pieces`] rather than reading the bytes between them.
+const MAX_GAP: u64 = 64 << 10;
+
+/// `indexes` (of ranges of one object, sorted by start) cut as [`parts`] cuts them, and
+/// also where a range starts more than [`MAX_GAP`] after the one before ends.
+fn spans<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<Vec<usize>> {
+    let mut spans = Vec::new();
+    for part in parts(indexes, &range) {
+        let mut span: Vec<usize> = Vec::new();
+        for i in part {
+            if let Some(&before) = span.last()
+                && range(i).start > range(before).end.saturating_add(MAX_GAP)
+            {
+                spans.push(std::mem::take(&mut span));
+            }
+            span.push(i);
+        }
+        spans.push(span);
+    }
+    spans
+}
+
+/// Cuts the bytes of an object's span, arriving in chunks, into the pieces of the
+/// ranges the span was fetched for (sorted, not overlapping, within the span).
+struct Cutter<'a> {
+    /// The object offset of the next byte to arrive.
+    at: u64,
+    ranges: &'a [Range<u64>],
+    /// The pieces of the ranges done, and of the one in progress (the last).
+    out: Vec<Vec<Bytes>>,
+}
+
+impl<'a> Cutter<'a> {
+    fn new(start: u64, ranges: &'a [Range<u64>]) -> Cutter<'a> {
+        let mut cutter = Cutter {
+            at: start,
+            ranges,
+            out: vec![Vec::new()],
+        };
+        cutter.close_done();
+        cutter
+    }
+
+    /// Moves on past every range that ends at or before `at` (empty ones included).
+    fn close_done(&mut self) {
+        while self.out.len() <= self.ranges.len() && self.ranges[self.out.len() - 1].end <= self.at
+        {
+            self.out.push(Vec::new());
+        }
+    }
+
+    fn feed(&mut self, mut chunk: Bytes) {
+        while !chunk.is_empty() && self.out.len() <= self.ranges.len() {
+            let range = &self.ranges[self.out.len() - 1];
+            let len = chunk.len() as u64;
+            if self.at < range.start {
+                // Bytes between ranges: dropped.
+                let skip = (range.start - self.at).min(len);
+                let _ = chunk.split_to(skip as usize);
+                self.at += skip;
+                self.close_done();
+                continue;
+            }
+            let take = (range.end - self.at).min(len);
+            let piece = chunk.split_to(take as usize);
+            self.out
+                .last_mut()
+                .expect("a range in progress")
+                .push(piece);
+            self.at += take;
+            self.close_done();
+        }
+    }
+
+    /// Each range's pieces; a range the object ended before is an error of its own.
+    fn finish(mut self, key: &str) -> Vec<Result<Vec<Bytes>, StoreError>> {
+        let done = self.out.len() - 1;
+        self.out.truncate(done);
+        let mut out: Vec<Result<Vec<Bytes>, StoreError>> = self.out.into_iter().map(Ok).collect();
+        for range in &self.ranges[done..] {
+            out.push(Err(StoreError::Corrupt(format!(
+                "payload object {key} ends before bytes {}..{}",
+                range.start, range.end
+            ))));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +499,93 @@ mod tests {
         );
         assert_eq!(cut(&[100; 4]), vec![vec![0, 1, 2, 3]]);
         assert_eq!(cut(&[]), Vec::<Vec<usize>>::new());
+    }
+
+    /// Cuts `object[span]` arriving in chunks of `sizes` (cycled) into the pieces of
+    /// `ranges`.
+    fn cut(
+        object: &[u8],
+        ranges: &[Range<u64>],
+        sizes: &[usize],
+        arrived: usize,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        let (start, end) = (
+            ranges[0].start as usize,
+            ranges.last().unwrap().end as usize,
+        );
+        let body = Bytes::copy_from_slice(&object[start..end.min(start + arrived)]);
+        let mut cutter = Cutter::new(start as u64, ranges);
+        let (mut at, mut i) = (0, 0);
+        while at < body.len() {
+            let n = sizes[i % sizes.len()].max(1).min(body.len() - at);
+            cutter.feed(body.slice(at..at + n));
+            at += n;
+            i += 1;
+        }
+        cutter
+            .finish("k")
+            .into_iter()
+            .map(|r| r.map(|pieces| pieces.concat()).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_span_in_any_chunks_cuts_into_exactly_its_ranges(
+            // Gaps and lengths of zero often: empty ranges, adjacent ranges.
+            layout in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..300],
+                    proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..300],
+                ),
+                1..12,
+            ),
+            sizes in proptest::collection::vec(1usize..700, 1..8),
+            short in 0usize..2000,
+            truncated in proptest::bool::ANY,
+        ) {
+            // Ranges from (gap, length) pairs: sorted, not overlapping, some empty.
+            let mut at = 0;
+            let ranges: Vec<Range<u64>> = layout
+                .iter()
+                .map(|&(gap, len)| {
+                    at += gap;
+                    at += len;
+                    at - len..at
+                })
+                .collect();
+            let object: Vec<u8> = (0..at as usize + 10).map(|i| (i * 7 % 251) as u8).collect();
+            let span = (ranges.last().unwrap().end - ranges[0].start) as usize;
+            let arrived = if truncated { span.saturating_sub(short) } else { span };
+            let got = cut(&object, &ranges, &sizes, arrived);
+            proptest::prop_assert_eq!(got.len(), ranges.len());
+            let reached = ranges[0].start as usize + arrived;
+            for (r, got) in ranges.iter().zip(got) {
+                if r.end as usize <= reached {
+                    proptest::prop_assert_eq!(got, Ok(object[r.start as usize..r.end as usize].to_vec()));
+                } else {
+                    proptest::prop_assert!(got.unwrap_err().contains("ends before"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spans_break_where_ranges_lie_far_apart() {
+        let ranges = [
+            0..100,
+            100..200,
+            200 + MAX_GAP..300 + MAX_GAP,
+            301 + 2 * MAX_GAP..400 + 2 * MAX_GAP,
+        ];
+        let indexes: Vec<usize> = (0..ranges.len()).collect();
+        assert_eq!(
+            spans(&indexes, |i| &ranges[i]),
+            vec![vec![0, 1, 2], vec![3]]
+        );
+        const MIB: u64 = 1 << 20;
+        let large = [0..MIB, MIB..2 * MIB, 2 * MIB..3 * MIB];
+        assert_eq!(spans(&[0, 1, 2], |i| &large[i]), vec![vec![0, 1], vec![2]]);
     }
 
     #[test]

@@ -71,12 +71,28 @@ impl StoredGrain {
     /// Checks `payload` against the stored length and checksum.
     pub fn verify(&self, payload: &[u8]) -> Result<(), StoreError> {
         if payload.len() as u64 != self.len || crc32c::crc32c(payload) != self.crc {
-            return Err(StoreError::Corrupt(format!(
-                "payload of the grain at {} fails its checksum",
-                self.timestamp
-            )));
+            return Err(self.checksum_failed());
         }
         Ok(())
+    }
+
+    /// As [`StoredGrain::verify`], for a payload in pieces.
+    pub fn verify_pieces(&self, pieces: &[Bytes]) -> Result<(), StoreError> {
+        let len: usize = pieces.iter().map(Bytes::len).sum();
+        let crc = pieces
+            .iter()
+            .fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
+        if len as u64 != self.len || crc != self.crc {
+            return Err(self.checksum_failed());
+        }
+        Ok(())
+    }
+
+    fn checksum_failed(&self) -> StoreError {
+        StoreError::Corrupt(format!(
+            "payload of the grain at {} fails its checksum",
+            self.timestamp
+        ))
     }
 
     /// The grain rebuilt from its header and `payload`, which is checked first.
@@ -135,12 +151,40 @@ async fn load_payloads(
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
             (None, Some(inline)) => Ok(Bytes::copy_from_slice(inline)),
-            (None, None) => Err(StoreError::Corrupt(format!(
-                "the grain at {} has no payload",
-                s.timestamp
-            ))),
+            (None, None) => Err(no_payload(s)),
         })
         .collect())
+}
+
+/// As [`load_payloads`], each payload as the pieces it arrived in (see
+/// [`super::payloads::Payloads::fetch_pieces`]).
+async fn load_payload_pieces(
+    shared: &Shared,
+    stored: &[StoredGrain],
+) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
+    let wanted: Vec<(&str, std::ops::Range<u64>)> = stored
+        .iter()
+        .filter_map(|s| {
+            s.object
+                .as_ref()
+                .map(|(key, offset)| (key.as_str(), *offset..offset + s.len))
+        })
+        .collect();
+    let mut fetched = shared.payloads.fetch_pieces(&wanted).await?.into_iter();
+    Ok(stored
+        .iter()
+        .map(|s| match (&s.object, &s.inline) {
+            (Some(_), _) => fetched
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
+            (None, Some(inline)) => Ok(vec![Bytes::copy_from_slice(inline)]),
+            (None, None) => Err(no_payload(s)),
+        })
+        .collect())
+}
+
+fn no_payload(s: &StoredGrain) -> StoreError {
+    StoreError::Corrupt(format!("the grain at {} has no payload", s.timestamp))
 }
 
 /// The snapshot of one flow.
@@ -319,19 +363,19 @@ impl Snapshot for PgSnapshot {
         local_id: u16,
     ) -> Result<GsfPage, StoreError> {
         let stored = self.stored_page(range, order, resume, limit, true).await?;
-        let payloads = load_payloads(&self.shared, &stored).await?;
+        let payloads = load_payload_pieces(&self.shared, &stored).await?;
         let mut blocks = GsfBlocks::new(local_id);
         let mut last = None;
-        for (s, payload) in stored.iter().zip(payloads) {
-            let added = payload.and_then(|payload| {
-                s.verify(&payload)?;
+        for (s, pieces) in stored.iter().zip(payloads) {
+            let added = pieces.and_then(|pieces| {
+                s.verify_pieces(&pieces)?;
                 let gbhd = stored_gbhd(&s.header).ok_or_else(|| {
                     StoreError::Corrupt(format!(
                         "header of the grain at {}: not a stored header",
                         s.timestamp
                     ))
                 })?;
-                blocks.push_parts(gbhd, &payload, || payload.clone());
+                blocks.push_pieces(gbhd, pieces);
                 Ok(())
             });
             match added {
