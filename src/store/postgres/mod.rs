@@ -25,8 +25,10 @@
 //!
 //! A read session holds a pooled connection with a `REPEATABLE READ`, read-only
 //! transaction: a snapshot later commits do not change. Pages are keyset queries inside
-//! it; payloads of one object are fetched with one ranged request that coalesces
-//! adjacent grains.
+//! it; the payloads of one object are fetched with ranged requests of at most 2 MiB
+//! each (one larger grain alone), concurrently ([`payloads`]). A GSF page passes the
+//! pieces in which each answer arrived straight on; other reads get each payload as
+//! one buffer.
 //!
 //! # Live
 //!
