@@ -3,8 +3,8 @@
 //! Small grains are coalesced into chunks of up to [`COALESCE_BYTES`] so that a read of
 //! millions of event grains is not millions of tiny writes; a chunk goes out as soon as
 //! the generator has to wait for the store, so nothing sits in a buffer while the client
-//! could be reading it. Large payloads pass through as the `Bytes` the store produced,
-//! never copied.
+//! could be reading it. Pieces of 16 KiB or more (large payloads, or large parts of
+//! them) pass through as the `Bytes` the store produced, never copied.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -261,9 +261,10 @@ impl Payloads {
     /// As [`Payloads::fetch`], with each payload as the pieces in which the object
     /// store's answer arrived instead of one buffer: nothing copies them together, for
     /// GSF pages, which send large payloads on as pieces anyway. The ranges of one object
-    /// are fetched in spans of at most [`PART_BYTES`] (or one larger range), cut where
-    /// ranges lie more than [`MAX_GAP`] apart; a span's bytes between ranges are read
-    /// and dropped.
+    /// are fetched in spans of at most [`PART_BYTES`] from first byte to last (or one
+    /// larger range), cut where ranges lie more than [`MAX_GAP`] apart; a span's bytes
+    /// between ranges are read and dropped. The ranges of one object must not overlap
+    /// (each grain has its own bytes).
     pub async fn fetch_pieces(
         &self,
         wanted: &[(&str, Range<u64>)],
@@ -321,6 +322,10 @@ impl Payloads {
         let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
             return Ok(Vec::new());
         };
+        debug_assert!(
+            ranges.windows(2).all(|w| w[0].end <= w[1].start),
+            "ranges sorted and apart"
+        );
         let mut cutter = Cutter::new(first.start, ranges);
         if first.start < last.end {
             let options = GetOptions {
@@ -385,21 +390,23 @@ fn parts<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<
 /// by [`Payloads::fetch_pieces`] rather than reading the bytes between them.
 const MAX_GAP: u64 = 64 << 10;
 
-/// `indexes` (of ranges of one object, sorted by start) cut as [`parts`] cuts them, and
-/// also where a range starts more than [`MAX_GAP`] after the one before ends.
+/// `indexes` (of ranges of one object, sorted by start) cut into spans of at most
+/// [`PART_BYTES`] from the first's start to the last's end (gaps included), or of a
+/// single larger range, and wherever a range starts more than [`MAX_GAP`] after the one
+/// before ends.
 fn spans<'a>(indexes: &[usize], range: impl Fn(usize) -> &'a Range<u64>) -> Vec<Vec<usize>> {
-    let mut spans = Vec::new();
-    for part in parts(indexes, &range) {
-        let mut span: Vec<usize> = Vec::new();
-        for i in part {
-            if let Some(&before) = span.last()
-                && range(i).start > range(before).end.saturating_add(MAX_GAP)
-            {
-                spans.push(std::mem::take(&mut span));
-            }
+    let mut spans: Vec<Vec<usize>> = Vec::new();
+    for &i in indexes {
+        let r = range(i);
+        if let Some(span) = spans.last_mut()
+            && let (Some(&first), Some(&before)) = (span.first(), span.last())
+            && r.start <= range(before).end.saturating_add(MAX_GAP)
+            && r.end.saturating_sub(range(first).start) <= PART_BYTES
+        {
             span.push(i);
+        } else {
+            spans.push(vec![i]);
         }
-        spans.push(span);
     }
     spans
 }
@@ -630,6 +637,18 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let large = [0..MIB, MIB..2 * MIB, 2 * MIB..3 * MIB];
         assert_eq!(spans(&[0, 1, 2], |i| &large[i]), vec![vec![0, 1], vec![2]]);
+        // Gaps count towards a span's size.
+        let gapped: Vec<Range<u64>> = (0..128)
+            .map(|i| i * (16_385 + MAX_GAP)..i * (16_385 + MAX_GAP) + 16_385)
+            .collect();
+        let indexes: Vec<usize> = (0..gapped.len()).collect();
+        let cut = spans(&indexes, |i| &gapped[i]);
+        assert!(cut.len() > 1);
+        for span in &cut {
+            let (first, last) = (&gapped[span[0]], &gapped[*span.last().unwrap()]);
+            assert!(last.end - first.start <= PART_BYTES, "{first:?}..{last:?}");
+        }
+        assert_eq!(cut.concat(), indexes);
     }
 
     #[test]
