@@ -216,46 +216,12 @@ impl Payloads {
         &self,
         wanted: &[(&str, Range<u64>)],
     ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
-        let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, (key, _)) in wanted.iter().enumerate() {
-            by_key.entry(key).or_default().push(i);
-        }
-        let fetches = by_key.into_iter().flat_map(|(key, indexes)| {
-            parts(&indexes, |i| &wanted[i].1)
-                .into_iter()
-                .map(move |indexes| {
-                    let ranges: Vec<Range<u64>> =
-                        indexes.iter().map(|&i| wanted[i].1.clone()).collect();
-                    async move {
-                        let got = self.store.get_ranges(&Path::from(key), &ranges).await;
-                        (key, indexes, got)
-                    }
-                })
-        });
-        let mut out: Vec<Option<Result<Bytes, StoreError>>> =
-            (0..wanted.len()).map(|_| None).collect();
-        for (key, indexes, got) in futures::future::join_all(fetches).await {
-            match got {
-                Ok(parts) => {
-                    for (i, bytes) in indexes.into_iter().zip(parts) {
-                        out[i] = Some(Ok(bytes));
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => {
-                    for i in indexes {
-                        out[i] = Some(Err(StoreError::Corrupt(format!(
-                            "payload object {key} is missing"
-                        ))));
-                    }
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        out.into_iter()
-            .map(|r| {
-                r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
-            })
-            .collect()
+        let cut = |indexes: Vec<usize>| parts(&indexes, |i| &wanted[i].1);
+        fetch_by_object(wanted, cut, |key, ranges| async move {
+            let got = self.store.get_ranges(&Path::from(key), &ranges).await?;
+            Ok(got.into_iter().map(Ok).collect())
+        })
+        .await
     }
 
     /// As [`Payloads::fetch`], with each payload as the pieces in which the object
@@ -269,47 +235,14 @@ impl Payloads {
         &self,
         wanted: &[(&str, Range<u64>)],
     ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
-        let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, (key, _)) in wanted.iter().enumerate() {
-            by_key.entry(key).or_default().push(i);
-        }
-        let fetches = by_key.into_iter().flat_map(|(key, mut indexes)| {
+        let cut = |mut indexes: Vec<usize>| {
             indexes.sort_by_key(|&i| wanted[i].1.start);
             spans(&indexes, |i| &wanted[i].1)
-                .into_iter()
-                .map(move |indexes| {
-                    let ranges: Vec<Range<u64>> =
-                        indexes.iter().map(|&i| wanted[i].1.clone()).collect();
-                    async move {
-                        let got = self.fetch_span(key, &ranges).await;
-                        (key, indexes, got)
-                    }
-                })
-        });
-        let mut out: Vec<Option<Result<Vec<Bytes>, StoreError>>> =
-            (0..wanted.len()).map(|_| None).collect();
-        for (key, indexes, got) in futures::future::join_all(fetches).await {
-            match got {
-                Ok(pieces) => {
-                    for (i, piece) in indexes.into_iter().zip(pieces) {
-                        out[i] = Some(piece);
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => {
-                    for i in indexes {
-                        out[i] = Some(Err(StoreError::Corrupt(format!(
-                            "payload object {key} is missing"
-                        ))));
-                    }
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        out.into_iter()
-            .map(|r| {
-                r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
-            })
-            .collect()
+        };
+        fetch_by_object(wanted, cut, |key, ranges| async move {
+            self.fetch_span(key, &ranges).await
+        })
+        .await
     }
 
     /// The pieces of `ranges` (sorted, not overlapping) of object `key`, read in one
@@ -357,6 +290,56 @@ impl Payloads {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
+
+/// Fetches the (key, range) pairs of `wanted` by object: `cut` divides the indexes of
+/// one object's ranges into requests, `get` makes one request for an object's ranges and
+/// answers a result per range; all requests run concurrently, and each result goes back
+/// to its place in `wanted`. A missing object fails its own ranges (as corrupt data: a
+/// row refers to it); any other error of the object store fails the whole fetch.
+async fn fetch_by_object<'k, T, Fut>(
+    wanted: &[(&'k str, Range<u64>)],
+    cut: impl Fn(Vec<usize>) -> Vec<Vec<usize>>,
+    get: impl Fn(&'k str, Vec<Range<u64>>) -> Fut,
+) -> Result<Vec<Result<T, StoreError>>, StoreError>
+where
+    Fut: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, object_store::Error>>,
+{
+    let mut by_key: HashMap<&'k str, Vec<usize>> = HashMap::new();
+    for (i, (key, _)) in wanted.iter().enumerate() {
+        by_key.entry(key).or_default().push(i);
+    }
+    let mut requests = Vec::new();
+    for (key, indexes) in by_key {
+        for indexes in cut(indexes) {
+            let ranges = indexes.iter().map(|&i| wanted[i].1.clone()).collect();
+            let request = get(key, ranges);
+            requests.push(async move { (key, indexes, request.await) });
+        }
+    }
+    let mut out: Vec<Option<Result<T, StoreError>>> = (0..wanted.len()).map(|_| None).collect();
+    for (key, indexes, got) in futures::future::join_all(requests).await {
+        match got {
+            Ok(results) => {
+                for (i, result) in indexes.into_iter().zip(results) {
+                    out[i] = Some(result);
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                for i in indexes {
+                    out[i] = Some(Err(StoreError::Corrupt(format!(
+                        "payload object {key} is missing"
+                    ))));
+                }
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
+        })
+        .collect()
 }
 
 /// The bytes one request for ranges of one object asks for at most (a single range

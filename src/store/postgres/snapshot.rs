@@ -135,25 +135,8 @@ async fn load_payloads(
     shared: &Shared,
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
-    let wanted: Vec<(&str, std::ops::Range<u64>)> = stored
-        .iter()
-        .filter_map(|s| {
-            s.object
-                .as_ref()
-                .map(|(key, offset)| (key.as_str(), *offset..offset + s.len))
-        })
-        .collect();
-    let mut fetched = shared.payloads.fetch(&wanted).await?.into_iter();
-    Ok(stored
-        .iter()
-        .map(|s| match (&s.object, &s.inline) {
-            (Some(_), _) => fetched
-                .next()
-                .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
-            (None, Some(inline)) => Ok(Bytes::copy_from_slice(inline)),
-            (None, None) => Err(no_payload(s)),
-        })
-        .collect())
+    let fetched = shared.payloads.fetch(&object_ranges(stored)).await?;
+    Ok(in_place(stored, fetched, Bytes::copy_from_slice))
 }
 
 /// As [`load_payloads`], each payload as the pieces it arrived in (see
@@ -162,29 +145,45 @@ async fn load_payload_pieces(
     shared: &Shared,
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
-    let wanted: Vec<(&str, std::ops::Range<u64>)> = stored
+    let fetched = shared.payloads.fetch_pieces(&object_ranges(stored)).await?;
+    Ok(in_place(stored, fetched, |inline| {
+        vec![Bytes::copy_from_slice(inline)]
+    }))
+}
+
+/// The object ranges of the payloads of `stored` that are not inline, in order.
+fn object_ranges(stored: &[StoredGrain]) -> Vec<(&str, std::ops::Range<u64>)> {
+    stored
         .iter()
         .filter_map(|s| {
             s.object
                 .as_ref()
                 .map(|(key, offset)| (key.as_str(), *offset..offset + s.len))
         })
-        .collect();
-    let mut fetched = shared.payloads.fetch_pieces(&wanted).await?.into_iter();
-    Ok(stored
+        .collect()
+}
+
+/// Each grain's payload: the next of `fetched` (for the [`object_ranges`] of `stored`)
+/// for one in an object, `inline` of its bytes for one inline.
+fn in_place<T>(
+    stored: &[StoredGrain],
+    fetched: Vec<Result<T, StoreError>>,
+    inline: impl Fn(&[u8]) -> T,
+) -> Vec<Result<T, StoreError>> {
+    let mut fetched = fetched.into_iter();
+    stored
         .iter()
         .map(|s| match (&s.object, &s.inline) {
             (Some(_), _) => fetched
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
-            (None, Some(inline)) => Ok(vec![Bytes::copy_from_slice(inline)]),
-            (None, None) => Err(no_payload(s)),
+            (None, Some(bytes)) => Ok(inline(bytes)),
+            (None, None) => Err(StoreError::Corrupt(format!(
+                "the grain at {} has no payload",
+                s.timestamp
+            ))),
         })
-        .collect())
-}
-
-fn no_payload(s: &StoredGrain) -> StoreError {
-    StoreError::Corrupt(format!("the grain at {} has no payload", s.timestamp))
+        .collect()
 }
 
 /// The snapshot of one flow.
