@@ -37,7 +37,7 @@ pub struct StoredGrain {
     /// The payload's length.
     pub len: u64,
     /// The payload, when inline (and selected).
-    pub inline: Option<Vec<u8>>,
+    pub inline: Option<Bytes>,
     /// The object and offset of the payload when it is not inline.
     pub object: Option<(String, u64)>,
 }
@@ -63,36 +63,29 @@ impl StoredGrain {
             header: row.get(2),
             crc: row.get::<_, i32>(3) as u32,
             len: u64::try_from(len).map_err(corrupt)?,
-            inline: row.get(5),
+            inline: row.get::<_, Option<Vec<u8>>>(5).map(Bytes::from),
             object,
         })
     }
 
     /// Checks `payload` against the stored length and checksum.
     pub fn verify(&self, payload: &[u8]) -> Result<(), StoreError> {
-        if payload.len() as u64 != self.len || crc32c::crc32c(payload) != self.crc {
-            return Err(self.checksum_failed());
-        }
-        Ok(())
+        self.verify_pieces(&[payload])
     }
 
     /// As [`StoredGrain::verify`], for a payload in pieces.
-    pub fn verify_pieces(&self, pieces: &[Bytes]) -> Result<(), StoreError> {
-        let len: usize = pieces.iter().map(Bytes::len).sum();
-        let crc = pieces
-            .iter()
-            .fold(0, |crc, piece| crc32c::crc32c_append(crc, piece));
-        if len as u64 != self.len || crc != self.crc {
-            return Err(self.checksum_failed());
+    pub fn verify_pieces(&self, pieces: &[impl AsRef<[u8]>]) -> Result<(), StoreError> {
+        let (len, crc) = pieces.iter().fold((0, 0), |(len, crc), piece| {
+            let piece = piece.as_ref();
+            (len + piece.len() as u64, crc32c::crc32c_append(crc, piece))
+        });
+        if len != self.len || crc != self.crc {
+            return Err(StoreError::Corrupt(format!(
+                "payload of the grain at {} fails its checksum",
+                self.timestamp
+            )));
         }
         Ok(())
-    }
-
-    fn checksum_failed(&self) -> StoreError {
-        StoreError::Corrupt(format!(
-            "payload of the grain at {} fails its checksum",
-            self.timestamp
-        ))
     }
 
     /// The grain rebuilt from its header and `payload`, which is checked first.
@@ -136,7 +129,7 @@ async fn load_payloads(
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
     let fetched = shared.payloads.fetch(&object_ranges(stored)).await?;
-    Ok(in_place(stored, fetched, Bytes::copy_from_slice))
+    Ok(in_place(stored, fetched, Bytes::clone))
 }
 
 /// As [`load_payloads`], each payload as the pieces it arrived in (see
@@ -146,9 +139,7 @@ async fn load_payload_pieces(
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
     let fetched = shared.payloads.fetch_pieces(&object_ranges(stored)).await?;
-    Ok(in_place(stored, fetched, |inline| {
-        vec![Bytes::copy_from_slice(inline)]
-    }))
+    Ok(in_place(stored, fetched, |inline| vec![inline.clone()]))
 }
 
 /// The object ranges of the payloads of `stored` that are not inline, in order.
@@ -164,11 +155,11 @@ fn object_ranges(stored: &[StoredGrain]) -> Vec<(&str, std::ops::Range<u64>)> {
 }
 
 /// Each grain's payload: the next of `fetched` (for the [`object_ranges`] of `stored`)
-/// for one in an object, `inline` of its bytes for one inline.
+/// for one in an object, `inline` of its bytes (shared, not copied) for one inline.
 fn in_place<T>(
     stored: &[StoredGrain],
     fetched: Vec<Result<T, StoreError>>,
-    inline: impl Fn(&[u8]) -> T,
+    inline: impl Fn(&Bytes) -> T,
 ) -> Vec<Result<T, StoreError>> {
     let mut fetched = fetched.into_iter();
     stored
