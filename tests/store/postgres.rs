@@ -144,6 +144,19 @@ crate::store_conformance!(
     ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
 );
 
+/// A store in a fresh schema with payloads in S3, and a plain connection to its schema.
+async fn s3_store_and_sql() -> (PostgresStore, SchemaGuard, tokio_postgres::Client, String) {
+    let schema = fresh_schema();
+    let (store, guard) = open_with(settings(
+        StoreSetup::default(),
+        &schema,
+        s3_objects(&schema),
+    ))
+    .await;
+    let db = sql(&schema).await;
+    (store, guard, db, schema)
+}
+
 /// A plain connection to the test database, in `schema`.
 async fn sql(schema: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&var("GRAINSTORE_TEST_POSTGRES_URL"), NoTls)
@@ -160,14 +173,7 @@ async fn sql(schema: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
 async fn deleted_grains_free_their_objects_after_the_grace_period() {
-    let schema = fresh_schema();
-    let (store, _guard) = open_with(settings(
-        StoreSetup::default(),
-        &schema,
-        s3_objects(&schema),
-    ))
-    .await;
-    let db = sql(&schema).await;
+    let (store, _guard, db, schema) = s3_store_and_sql().await;
     let objects = || async {
         db.query_one("SELECT count(*) FROM objects", &[])
             .await
@@ -271,17 +277,13 @@ fn raw_objects(config: &ObjectStoreConfig) -> std::sync::Arc<dyn object_store::O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
 async fn corrupt_payloads_fail_the_read() {
-    let schema = fresh_schema();
-    let (store, _guard) = open_with(settings(
-        StoreSetup::default(),
-        &schema,
-        s3_objects(&schema),
-    ))
-    .await;
-    let db = sql(&schema).await;
+    let (store, _guard, db, schema) = s3_store_and_sql().await;
     let flow = create(&store, video_flow()).await;
     let sent: Vec<_> = (0..3).map(|s| frame(&flow, secs(s), 100, 2)).collect();
-    write(&store, flow.id, sent.clone()).await.unwrap();
+    // One batch each: single rows (a batch's small grains become a run, tested below).
+    for grain in &sent {
+        write(&store, flow.id, [grain.clone()]).await.unwrap();
+    }
     db.execute(
         "UPDATE grains SET inline_payload = set_byte(inline_payload, 5, get_byte(inline_payload, 5) # 1)
          WHERE ts_sec = 1",
@@ -354,6 +356,177 @@ async fn corrupt_payloads_fail_the_read() {
             .unwrap();
         let session = store.open_read(flow.id).await.unwrap();
         assert_gsf_fails_at(&session, secs(at)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
+    let (store, _guard, db, _) = s3_store_and_sql().await;
+    let flow = create(&store, video_flow()).await;
+    // Every tenth of a second for 30 s, in one batch (shuffled), in runs.
+    let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..300)
+        .map(|n| (n * 2, frame(&flow, tenth(n * 2), 150, 1)))
+        .collect();
+    let mut batch: Vec<_> = model.values().cloned().collect();
+    batch.reverse();
+    write(&store, flow.id, batch).await.unwrap();
+    let (all, runs, grains) = grain_rows(&db).await;
+    assert_eq!(grains, 300);
+    assert!(
+        runs > 0 && all < 300 / 10,
+        "{all} rows, {runs} of them runs"
+    );
+
+    check_runs(&store, flow.id, &model).await;
+
+    // New grains between the stored ones split the runs around them.
+    let odd: Vec<_> = [101, 103, 351]
+        .map(|n| frame(&flow, tenth(n), 150, 3))
+        .into();
+    let outcome = write(&store, flow.id, odd.clone()).await.unwrap();
+    assert_eq!(outcome.written, 3);
+    for (n, g) in [101, 103, 351].into_iter().zip(odd) {
+        model.insert(n, g);
+    }
+    let (after, _, grains) = grain_rows(&db).await;
+    assert_eq!(grains, 303);
+    assert!(
+        after > all + 3,
+        "the runs holding 10.1 s and 35.1 s are single rows now"
+    );
+    check_runs(&store, flow.id, &model).await;
+    // A re-sent grain from the middle of a run is unchanged; a changed one conflicts.
+    let outcome = write(&store, flow.id, [model[&200].clone()]).await.unwrap();
+    assert_eq!((outcome.written, outcome.unchanged), (0, 1));
+    assert!(matches!(
+        write(&store, flow.id, [frame(&flow, tenth(200), 150, 9)]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    // A delete cutting through runs at both ends.
+    let range = TimeRange::new(Bound::Exclusive(tenth(203)), Bound::Inclusive(tenth(447)));
+    let doomed = model.keys().filter(|&&n| range.contains(tenth(n))).count();
+    assert_eq!(
+        store.delete_grains(flow.id, &range).await.unwrap(),
+        doomed as u64
+    );
+    model.retain(|&n, _| !range.contains(tenth(n)));
+    assert_eq!(grain_rows(&db).await.2, model.len() as i64);
+    check_runs(&store, flow.id, &model).await;
+    assert_eq!(
+        store
+            .open_read(flow.id)
+            .await
+            .unwrap()
+            .timerange()
+            .await
+            .unwrap(),
+        // From the first grain to the end of the last (a 25 Hz frame).
+        TimeRange::new(
+            Bound::Inclusive(tenth(0)),
+            Bound::Exclusive(Timestamp::from_nanos(tenth(598).to_nanos() + 40_000_000).unwrap())
+        )
+    );
+
+    // A damaged payload in a run fails its own grain; a run cut short fails its grains,
+    // and neither is served nor crashes the read.
+    let last_run: (i64, i32) = {
+        let row = db
+            .query_one(
+                "SELECT ts_sec, ts_nsec FROM grains WHERE run IS NOT NULL
+                 ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    for damage in [
+        "set_byte(run, length(run) - 1, get_byte(run, length(run) - 1) # 1)",
+        "substring(run from 1 for 40)",
+    ] {
+        db.execute(
+            &format!("UPDATE grains SET run = {damage} WHERE ts_sec = $1 AND ts_nsec = $2"),
+            &[&last_run.0, &last_run.1],
+        )
+        .await
+        .unwrap();
+        let session = store.open_read(flow.id).await.unwrap();
+        assert!(matches!(
+            session.get(tenth(598), true).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        let got = collect(&session, GrainQuery::all()).await;
+        assert!(
+            matches!(got, Err(StoreError::Corrupt(_))),
+            "{damage}: {got:?}"
+        );
+        assert_gsf_fails_at(&session, tenth(598)).await;
+        // A flipped payload byte fails only its own grain.
+        let flipped = damage.starts_with("set_byte");
+        assert_eq!(session.get(tenth(596), true).await.is_ok(), flipped);
+        // Grains in other rows are untouched.
+        assert!(session.get(tenth(0), true).await.unwrap().is_some());
+    }
+}
+
+/// The rows of the grains table: all, runs, grains in them.
+async fn grain_rows(db: &tokio_postgres::Client) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT count(*), count(run), COALESCE(sum(n_grains), 0)::int8 FROM grains",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Tenth of a second `n` after a fixed start.
+fn tenth(n: i64) -> Timestamp {
+    Timestamp::from_nanos(1_700_000_000_000_000_000 + i128::from(n) * 100_000_000).unwrap()
+}
+
+/// Reads of the flow agree with `model` (grains by tenth): all of it, a range backwards
+/// in small pages, single grains.
+async fn check_runs(
+    store: &PostgresStore,
+    flow: grainstore::store::FlowId,
+    model: &std::collections::BTreeMap<i64, grainstore::grain::Grain>,
+) {
+    let want: Vec<_> = model.values().cloned().collect();
+    let got = read_all(store, flow).await;
+    assert_eq!(stamps(&got), stamps(&want));
+    for (got, sent) in got.iter().zip(&want) {
+        assert_stored(got, sent);
+    }
+    // Backwards, in small pages, from the middle of a run.
+    let session =
+        store
+            .open_read(flow)
+            .await
+            .unwrap()
+            .with_page_limit(grainstore::store::PageLimit {
+                grains: 7,
+                bytes: usize::MAX,
+            });
+    let range = TimeRange::new(Bound::Exclusive(tenth(101)), Bound::Inclusive(tenth(499)));
+    let mut within: Vec<_> = stamps(&want)
+        .into_iter()
+        .filter(|t| range.contains(*t))
+        .collect();
+    within.reverse();
+    let got = collect(
+        &session,
+        query(range, grainstore::store::Order::Descending, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stamps(&got), within);
+    for n in [100, 101, 102, 103, 598] {
+        let got = session.get(tenth(n), true).await.unwrap();
+        assert_eq!(got.is_some(), model.contains_key(&n), "tenth {n}");
     }
 }
 

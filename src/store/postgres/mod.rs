@@ -6,15 +6,19 @@
 //!
 //! See [`schema`] for the tables. A committed batch's payloads larger than `inline_max`
 //! become one object (`grains/<flow>/<uuid>`), the grains referencing it by (object,
-//! offset, length); smaller payloads live in the grain row (`bytea`). Every payload has
-//! its crc32c in the row and is checked on read ([`StoreError::Corrupt`]).
+//! offset, length); smaller payloads live in the grain row (`bytea`). An appending batch's
+//! small grains are kept together, up to 64 in one row ([`runs`]): PostgreSQL's cost is
+//! per row. Every payload has its crc32c in the row and is checked on read
+//! ([`StoreError::Corrupt`]).
 //!
 //! # Writes and durability
 //!
 //! A batch is planned against the rows already stored (identical re-sends are no-ops, a
 //! different grain at an occupied timestamp stops the batch there), its object is
-//! stored, and then one transaction checks the flow, inserts the object row and the
-//! grain rows (`ON CONFLICT DO NOTHING`), records the events and notifies. A concurrent
+//! stored, and then one transaction checks the flow, takes the flow's advisory lock,
+//! inserts the object row and the grain rows (`ON CONFLICT DO NOTHING`), records the
+//! events and notifies. A batch of small grains is first tried without the plan, as
+//! runs, where its span meets no stored row. A concurrent
 //! writer that took one of the planned timestamps in between makes the insert come up
 //! short: the transaction is rolled back and the batch planned again. A commit returns
 //! only after the object is stored and the transaction committed, so a crash between
@@ -42,6 +46,7 @@
 mod gc;
 mod listener;
 mod payloads;
+mod runs;
 mod schema;
 mod snapshot;
 mod tls;
@@ -347,13 +352,15 @@ fn extent_sql() -> &'static str {
     "x0.ts_sec, x0.ts_nsec, x1.ts_sec, x1.ts_nsec, x1.end_sec, x1.end_nsec"
 }
 
-/// Joins the first and last grain of the flow whose id is the SQL expression `id`.
+/// Joins the first and last grain of the flow whose id is the SQL expression `id` (the
+/// last row's last grain: see [`runs`]).
 fn extent_join(id: &str) -> String {
     format!(
         "LEFT JOIN LATERAL (SELECT ts_sec, ts_nsec FROM grains
            WHERE flow_id = {id} ORDER BY ts_sec, ts_nsec LIMIT 1) x0 ON true
-         LEFT JOIN LATERAL (SELECT ts_sec, ts_nsec, end_sec, end_nsec FROM grains
-           WHERE flow_id = {id} ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) x1 ON true"
+         LEFT JOIN LATERAL (SELECT COALESCE(l.last_sec, l.ts_sec) AS ts_sec,
+             COALESCE(l.last_nsec, l.ts_nsec) AS ts_nsec, l.end_sec, l.end_nsec FROM grains l
+           WHERE l.flow_id = {id} ORDER BY l.ts_sec DESC, l.ts_nsec DESC LIMIT 1) x1 ON true"
     )
 }
 
@@ -399,6 +406,8 @@ struct Shared {
     event_lock: i64,
     /// The advisory lock that lets one replica at a time collect garbage.
     gc_lock: i64,
+    /// The database schema (for the per-flow advisory locks, [`Shared::lock_flow`]).
+    schema: String,
     gc_grace: Duration,
     event_retention: usize,
     /// See [`PostgresConfig::answer_within`].
@@ -406,6 +415,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// Takes the advisory lock on the grains of `flow` until `txn` ends: every
+    /// transaction that adds or removes grains holds it, so that they keep the layout's
+    /// invariant (see [`runs`]) one after the other.
+    async fn lock_flow(
+        &self,
+        txn: &tokio_postgres::Transaction<'_>,
+        flow: FlowId,
+    ) -> Result<(), StoreError> {
+        let key = schema::lock_key(&format!("grains:{flow}"), &self.schema);
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
     /// A pooled connection, in bounded time: waiting for a free one ends in
     /// [`StoreError::Busy`], a database that cannot hand over a working one in
     /// [`StoreError::Unavailable`].
@@ -513,6 +537,7 @@ impl PostgresStore {
             channel: format!("grainstore_{}", config.schema),
             event_lock: schema::lock_key("events", &config.schema),
             gc_lock: schema::lock_key("gc", &config.schema),
+            schema: config.schema.clone(),
             gc_grace: config.gc_grace,
             event_retention: config.event_retention,
             answer_within: config.answer_within,
@@ -788,7 +813,7 @@ impl Store for PostgresStore {
         if deleted == 0 {
             return Ok(false);
         }
-        writer::delete_range(&txn, id, &TimeRange::eternity()).await?;
+        writer::delete_range(&self.shared, &txn, id, &TimeRange::eternity()).await?;
         let events = [PendingEvent {
             event_type: "flows/deleted",
             flow: Some(id),
@@ -960,7 +985,7 @@ impl Store for PostgresStore {
             Some(true) => return Err(StoreError::ReadOnly(flow)),
             Some(false) => {}
         }
-        let deleted = writer::delete_range(&txn, flow, range).await?;
+        let deleted = writer::delete_range(&self.shared, &txn, flow, range).await?;
         if deleted == 0 {
             return Ok(0);
         }

@@ -10,10 +10,14 @@
 //! - `objects`: payload objects in the object store. `live` counts the grains that
 //!   reference the object; `released_at` is set when it drops to zero, and the garbage
 //!   collector deletes the object a grace period later.
-//! - `grains`: one row per grain, keyed by (flow, origin timestamp as seconds and
-//!   nanoseconds — a nanosecond count of 48-bit seconds does not fit in a `bigint`). The
-//!   header in its binary form, the payload's crc32c and length, and either the payload
-//!   itself (`inline_payload`) or where it is (`object_id`, `object_offset`).
+//! - `grains`: one row per grain or per run of small grains, keyed by (flow, origin
+//!   timestamp as seconds and nanoseconds — a nanosecond count of 48-bit seconds does not
+//!   fit in a `bigint`). A single grain's row holds the header in its binary form, the
+//!   payload's crc32c and length, and either the payload itself (`inline_payload`) or
+//!   where it is (`object_id`, `object_offset`). A run's row (see [`super::runs`]) holds
+//!   its members in `run`, its last grain's timestamp in `last_sec`/`last_nsec`, and the
+//!   number of its grains in `n_grains`; its `end_sec`/`end_nsec` are its last grain's
+//!   end, its `header` is empty and its `len` the run's length.
 //! - `events`: the service events, numbered by a `bigserial` that is the event id.
 
 use deadpool_postgres::tokio_postgres::Client;
@@ -22,7 +26,8 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// Each step brings the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key text PRIMARY KEY,
     value text NOT NULL
@@ -84,7 +89,18 @@ CREATE TABLE events (
     origin uuid NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-"#];
+"#,
+    r#"
+ALTER TABLE grains
+    ADD COLUMN last_sec bigint,
+    ADD COLUMN last_nsec integer,
+    ADD COLUMN n_grains integer NOT NULL DEFAULT 1,
+    ADD COLUMN run bytea;
+-- Runs are at most 7,800 bytes: kept in the row, uncompressed.
+ALTER TABLE grains ALTER COLUMN run SET STORAGE EXTERNAL;
+ALTER TABLE grains SET (toast_tuple_target = 8160);
+"#,
+];
 
 /// Creates `schema` if needed and applies the migrations it lacks; returns the epoch.
 ///

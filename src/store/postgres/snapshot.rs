@@ -8,7 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::tokio_postgres::types::ToSql;
 
-use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error, split};
+use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error, runs, split};
 use crate::grain::wire::stored_gbhd;
 use crate::grain::{Grain, GrainHeader};
 use crate::gsf::GsfBlocks;
@@ -16,12 +16,14 @@ use crate::store::{FlowId, GsfPage, Order, PageLimit, Snapshot, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
 
 /// The columns of a grain row, in the order [`StoredGrain::from_row`] reads them; the
-/// inline payload is selected only when `with_payload`.
+/// inline payload of a single grain is selected only when `with_payload` (a run always
+/// is: its members' headers are in it).
 pub fn grain_columns(with_payload: bool) -> &'static str {
     if with_payload {
-        "g.ts_sec, g.ts_nsec, g.header, g.crc, g.len, g.inline_payload, o.key, g.object_offset"
+        "g.ts_sec, g.ts_nsec, g.header, g.crc, g.len, g.inline_payload, o.key, g.object_offset, \
+         g.run"
     } else {
-        "g.ts_sec, g.ts_nsec, g.header, g.crc, g.len, NULL::bytea, o.key, g.object_offset"
+        "g.ts_sec, g.ts_nsec, g.header, g.crc, g.len, NULL::bytea, o.key, g.object_offset, g.run"
     }
 }
 
@@ -31,7 +33,7 @@ pub struct StoredGrain {
     /// The origin timestamp.
     pub timestamp: Timestamp,
     /// The header's binary form.
-    pub header: Vec<u8>,
+    pub header: Bytes,
     /// The payload's crc32c.
     pub crc: u32,
     /// The payload's length.
@@ -43,8 +45,33 @@ pub struct StoredGrain {
 }
 
 impl StoredGrain {
-    /// Reads a row selected with [`grain_columns`].
-    pub fn from_row(row: &Row) -> Result<StoredGrain, StoreError> {
+    /// Appends the grains of a row selected with [`grain_columns`] to `out`: the row's
+    /// own, or its run's members in time order.
+    pub fn from_row(row: &Row, out: &mut Vec<StoredGrain>) -> Result<(), StoreError> {
+        let Some(run) = row.get::<_, Option<Vec<u8>>>(8) else {
+            out.push(StoredGrain::single(row)?);
+            return Ok(());
+        };
+        let members = runs::decode(&Bytes::from(run)).map_err(|e| match e {
+            StoreError::Corrupt(what) => StoreError::Corrupt(format!(
+                "{what} (the run at {})",
+                join(row.get(0), row.get(1)).map_or_else(|e| e.to_string(), |t| t.to_string())
+            )),
+            e => e,
+        })?;
+        out.extend(members.into_iter().map(|m| StoredGrain {
+            timestamp: m.timestamp,
+            header: m.header,
+            crc: m.crc,
+            len: m.payload.len() as u64,
+            inline: Some(m.payload),
+            object: None,
+        }));
+        Ok(())
+    }
+
+    /// Reads the row of a single grain.
+    fn single(row: &Row) -> Result<StoredGrain, StoreError> {
         let timestamp = join(row.get(0), row.get(1))?;
         let len: i64 = row.get(4);
         let key: Option<String> = row.get(6);
@@ -60,7 +87,7 @@ impl StoredGrain {
         };
         Ok(StoredGrain {
             timestamp,
-            header: row.get(2),
+            header: Bytes::from(row.get::<_, Vec<u8>>(2)),
             crc: row.get::<_, i32>(3) as u32,
             len: u64::try_from(len).map_err(corrupt)?,
             inline: row.get::<_, Option<Vec<u8>>>(5).map(Bytes::from),
@@ -289,10 +316,13 @@ impl Snapshot for PgSnapshot {
         timestamp: Timestamp,
         with_payload: bool,
     ) -> Result<Option<Grain>, StoreError> {
+        // The row holding the timestamp, if any, is the last row keyed at or before it.
         let sql = format!(
-            "SELECT {} FROM grains g LEFT JOIN objects o ON o.id = g.object_id
-             WHERE g.flow_id = $1 AND g.ts_sec = $2 AND g.ts_nsec = $3",
-            super::snapshot::grain_columns(with_payload)
+            "SELECT {} FROM (SELECT * FROM grains h
+               WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) <= ($2::int8, $3::int4)
+               ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) g
+             LEFT JOIN objects o ON o.id = g.object_id",
+            grain_columns(with_payload)
         );
         let client = self.client()?;
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
@@ -304,7 +334,11 @@ impl Snapshot for PgSnapshot {
         else {
             return Ok(None);
         };
-        let stored = StoredGrain::from_row(&row)?;
+        let mut grains = Vec::new();
+        StoredGrain::from_row(&row, &mut grains)?;
+        let Some(stored) = grains.into_iter().find(|s| s.timestamp == timestamp) else {
+            return Ok(None);
+        };
         if !with_payload {
             return stored.bare().map(Some);
         }
@@ -380,8 +414,13 @@ impl Snapshot for PgSnapshot {
 }
 
 impl PgSnapshot {
-    /// The rows of the next page, cut at the byte limit (counting payloads only when
-    /// `with_payload`), nothing fetched yet.
+    /// The grains of the next page, cut at the byte limit (counting payloads only when
+    /// `with_payload`), no object payload fetched yet.
+    ///
+    /// Rows are read in rounds, since a row may hold one grain or a run of many: the
+    /// first asks for a sixteenth of the page's grains in rows, each next one (from where
+    /// the last ended) for four times as many, until the page is full or the range ends.
+    /// The first also reads the last run keyed before the range, which may reach into it.
     async fn stored_page(
         &self,
         range: TimeRange,
@@ -390,25 +429,131 @@ impl PgSnapshot {
         limit: PageLimit,
         with_payload: bool,
     ) -> Result<Vec<StoredGrain>, StoreError> {
-        let Some((lo, hi)) = order.rest_of(&range, resume).bounds() else {
+        let rest = order.rest_of(&range, resume);
+        let Some((mut lo, mut hi)) = rest.bounds() else {
             return Ok(Vec::new());
         };
+        let want = limit.grains.max(1);
+        let mut rows_wanted = want.div_ceil(16);
+        let mut found: Vec<StoredGrain> = Vec::new();
+        let mut first = true;
+        // Counted from the rows keyed in the range only: in descending order the run
+        // before the range comes after every one of them.
+        let (mut counted, mut counted_bytes) = (0usize, 0usize);
+        loop {
+            let rows = self
+                .rows(lo, hi, order, rows_wanted, first, with_payload)
+                .await?;
+            let mut keyed_in_range = 0;
+            let mut cursor = None;
+            for row in &rows {
+                let mut grains = Vec::new();
+                StoredGrain::from_row(row, &mut grains)?;
+                grains.retain(|s| rest.contains(s.timestamp));
+                if !row.get::<_, bool>(9) {
+                    keyed_in_range += 1;
+                    // The join may reorder the rows: the round ends at its farthest key.
+                    let key = join(row.get(0), row.get(1))?;
+                    cursor = match (order, cursor) {
+                        (Order::Ascending, Some(c)) if c > key => Some(c),
+                        (Order::Descending, Some(c)) if c < key => Some(c),
+                        _ => Some(key),
+                    };
+                    counted += grains.len();
+                    counted_bytes = grains.iter().fold(counted_bytes, |n, s| {
+                        n.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX))
+                    });
+                }
+                found.extend(grains);
+            }
+            first = false;
+            let full = counted >= want || (with_payload && counted_bytes >= limit.bytes);
+            let (Some(cursor), false) = (cursor, full) else {
+                break;
+            };
+            if keyed_in_range < rows_wanted {
+                break;
+            }
+            match order {
+                Order::Ascending => lo = Bound::Exclusive(cursor),
+                Order::Descending => hi = Bound::Exclusive(cursor),
+            }
+            rows_wanted = rows_wanted.saturating_mul(4).min(want);
+        }
+        match order {
+            Order::Ascending => found.sort_unstable_by_key(|s| s.timestamp),
+            Order::Descending => found.sort_unstable_by_key(|s| std::cmp::Reverse(s.timestamp)),
+        }
+        found.truncate(want);
+        // Cut the page at the byte limit before fetching anything.
+        let mut bytes = 0usize;
+        let mut keep = found.len();
+        for (i, s) in found.iter().enumerate() {
+            if with_payload {
+                bytes = bytes.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX));
+            }
+            if bytes >= limit.bytes {
+                keep = i + 1;
+                break;
+            }
+        }
+        found.truncate(keep);
+        Ok(found)
+    }
+
+    /// At most `count` rows keyed within (`lo`, `hi`) in `order`, and, with
+    /// `run_before`, the last row keyed before `lo` if it is a run that reaches `lo`;
+    /// selected with [`grain_columns`] and a tenth column, true for that run.
+    async fn rows(
+        &self,
+        lo: Bound,
+        hi: Bound,
+        order: Order,
+        count: usize,
+        run_before: bool,
+        with_payload: bool,
+    ) -> Result<Vec<Row>, StoreError> {
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(self.flow)];
         let mut conditions = vec!["g.flow_id = $1".to_owned()];
         conditions.extend(bound_sql(lo, true, &mut params));
         conditions.extend(bound_sql(hi, false, &mut params));
-        let grains = i64::try_from(limit.grains.max(1)).unwrap_or(i64::MAX);
-        params.push(Box::new(grains));
+        params.push(Box::new(i64::try_from(count).unwrap_or(i64::MAX)));
         let direction = match order {
             Order::Ascending => "ASC",
             Order::Descending => "DESC",
         };
-        let sql = format!(
-            "SELECT {} FROM grains g LEFT JOIN objects o ON o.id = g.object_id
-             WHERE {} ORDER BY g.ts_sec {direction}, g.ts_nsec {direction} LIMIT ${}",
-            grain_columns(with_payload),
+        let mut sql = format!(
+            "(SELECT *, false AS before FROM grains g WHERE {}
+              ORDER BY g.ts_sec {direction}, g.ts_nsec {direction} LIMIT ${})",
             conditions.join(" AND "),
             params.len()
+        );
+        let before = match lo {
+            Bound::Inclusive(t) if run_before => Some((t, "<", ">=")),
+            Bound::Exclusive(t) if run_before => Some((t, "<=", ">")),
+            _ => None,
+        };
+        if let Some((t, op, reaches)) = before {
+            let (sec, nsec) = split(t);
+            params.push(Box::new(sec));
+            params.push(Box::new(nsec));
+            let n = params.len();
+            // The nearest row first, then whether it is a run reaching the bound: a filter
+            // inside the ordered scan could walk back over every earlier row.
+            sql = format!(
+                "(SELECT *, true AS before FROM (SELECT * FROM grains g
+                   WHERE g.flow_id = $1 AND (g.ts_sec, g.ts_nsec) {op} (${a}::int8, ${b}::int4)
+                   ORDER BY g.ts_sec DESC, g.ts_nsec DESC LIMIT 1) p
+                 WHERE p.run IS NOT NULL
+                   AND (p.last_sec, p.last_nsec) {reaches} (${a}::int8, ${b}::int4))
+                 UNION ALL {sql}",
+                a = n - 1,
+                b = n
+            );
+        }
+        let sql = format!(
+            "SELECT {}, g.before FROM ({sql}) g LEFT JOIN objects o ON o.id = g.object_id",
+            grain_columns(with_payload)
         );
         let client = self.client()?;
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
@@ -416,20 +561,6 @@ impl PgSnapshot {
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let rows = client.query(&statement, &refs).await.map_err(pg_error)?;
-        // Cut the page at the byte limit before fetching anything.
-        let mut stored = Vec::with_capacity(rows.len());
-        let mut bytes = 0usize;
-        for row in &rows {
-            let s = StoredGrain::from_row(row)?;
-            if with_payload {
-                bytes = bytes.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX));
-            }
-            stored.push(s);
-            if bytes >= limit.bytes {
-                break;
-            }
-        }
-        Ok(stored)
+        client.query(&statement, &refs).await.map_err(pg_error)
     }
 }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
-use super::{PendingEvent, Shared, grain_end, pg_error, record_events, split};
+use super::{PendingEvent, Shared, grain_end, join, pg_error, record_events, runs, split};
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, BatchResult, FlowId, GrainWriter, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -22,17 +22,206 @@ use crate::time::{Bound, TimeRange, Timestamp};
 macro_rules! insert_grains {
     () => {
         "INSERT INTO grains (flow_id, ts_sec, ts_nsec, end_sec, end_nsec, header, crc, len,
-           inline_payload, object_id, object_offset)
+           inline_payload, object_id, object_offset, last_sec, last_nsec, n_grains, run)
          SELECT $1, * FROM unnest($2::int8[], $3::int4[], $4::int8[], $5::int4[], $6::bytea[],
-           $7::int4[], $8::int8[], $9::bytea[], $10::int8[], $11::int8[])"
+           $7::int4[], $8::int8[], $9::bytea[], $10::int8[], $11::int8[], $12::int8[],
+           $13::int4[], $14::int4[], $15::bytea[])"
     };
 }
 
-/// Inserts a batch's rows, failing at the first taken timestamp.
+/// Inserts rows, failing at the first taken timestamp.
 const INSERT_GRAINS: &str = insert_grains!();
 
-/// Inserts a batch's rows, skipping timestamps taken since the batch was planned.
+/// Inserts rows, skipping timestamps taken since the batch was planned.
 const INSERT_GRAINS_SKIPPING_TAKEN: &str = concat!(insert_grains!(), " ON CONFLICT DO NOTHING");
+
+/// The columns of rows to insert, as arrays for one insert.
+#[derive(Default)]
+struct Rows<'a> {
+    secs: Vec<i64>,
+    nsecs: Vec<i32>,
+    end_secs: Vec<Option<i64>>,
+    end_nsecs: Vec<Option<i32>>,
+    headers: Vec<&'a [u8]>,
+    crcs: Vec<i32>,
+    lens: Vec<i64>,
+    inline: Vec<Option<&'a [u8]>>,
+    objects: Vec<Option<i64>>,
+    object_offsets: Vec<Option<i64>>,
+    last_secs: Vec<Option<i64>>,
+    last_nsecs: Vec<Option<i32>>,
+    counts: Vec<i32>,
+    runs: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Rows<'a> {
+    fn len(&self) -> usize {
+        self.secs.len()
+    }
+
+    fn key(&mut self, timestamp: Timestamp, end: Option<Timestamp>) {
+        let (s, ns) = split(timestamp);
+        self.secs.push(s);
+        self.nsecs.push(ns);
+        let end = end.map(split);
+        self.end_secs.push(end.map(|e| e.0));
+        self.end_nsecs.push(end.map(|e| e.1));
+    }
+
+    /// A single grain's row: its payload inline, or at `object` (id, offset).
+    #[allow(clippy::too_many_arguments)]
+    fn single(
+        &mut self,
+        timestamp: Timestamp,
+        end: Option<Timestamp>,
+        header: &'a [u8],
+        crc: u32,
+        len: u64,
+        inline: Option<&'a [u8]>,
+        object: Option<(i64, u64)>,
+    ) {
+        self.key(timestamp, end);
+        self.headers.push(header);
+        self.crcs.push(crc as i32);
+        self.lens.push(i64::try_from(len).unwrap_or(i64::MAX));
+        self.inline.push(inline);
+        self.objects.push(object.map(|o| o.0));
+        self.object_offsets
+            .push(object.map(|o| i64::try_from(o.1).unwrap_or(i64::MAX)));
+        self.last_secs.push(None);
+        self.last_nsecs.push(None);
+        self.counts.push(1);
+        self.runs.push(None);
+    }
+
+    /// A run's row (see [`runs`]): keyed by its first grain, `end` its last grain's.
+    fn run(
+        &mut self,
+        first: Timestamp,
+        last: Timestamp,
+        end: Option<Timestamp>,
+        count: usize,
+        run: &'a [u8],
+    ) {
+        self.key(first, end);
+        self.headers.push(&[]);
+        self.crcs.push(0);
+        self.lens.push(run.len() as i64);
+        self.inline.push(None);
+        self.objects.push(None);
+        self.object_offsets.push(None);
+        let (s, ns) = split(last);
+        self.last_secs.push(Some(s));
+        self.last_nsecs.push(Some(ns));
+        self.counts.push(i32::try_from(count).unwrap_or(i32::MAX));
+        self.runs.push(Some(run));
+    }
+
+    /// Inserts the rows of `flow` with `sql` ([`INSERT_GRAINS`] or
+    /// [`INSERT_GRAINS_SKIPPING_TAKEN`]); returns how many were inserted.
+    async fn insert(
+        &self,
+        txn: &Transaction<'_>,
+        flow: FlowId,
+        sql: &str,
+    ) -> Result<u64, deadpool_postgres::tokio_postgres::Error> {
+        let statement = txn.prepare_cached(sql).await?;
+        txn.execute(
+            &statement,
+            &[
+                &flow,
+                &self.secs,
+                &self.nsecs,
+                &self.end_secs,
+                &self.end_nsecs,
+                &self.headers,
+                &self.crcs,
+                &self.lens,
+                &self.inline,
+                &self.objects,
+                &self.object_offsets,
+                &self.last_secs,
+                &self.last_nsecs,
+                &self.counts,
+                &self.runs,
+            ],
+        )
+        .await
+    }
+}
+
+/// The last row of `flow` keyed before `t` (`op` `"<"`) or at or before it (`"<="`),
+/// if it is a run: `(first, last, run)`.
+async fn run_before(
+    txn: &Transaction<'_>,
+    flow: FlowId,
+    t: Timestamp,
+    op: &str,
+) -> Result<Option<(Timestamp, Bytes)>, StoreError> {
+    let sql = format!(
+        "SELECT ts_sec, ts_nsec, run FROM grains
+         WHERE flow_id = $1 AND (ts_sec, ts_nsec) {op} ($2::int8, $3::int4)
+         ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1"
+    );
+    let statement = txn.prepare_cached(&sql).await.map_err(pg_error)?;
+    let (sec, nsec) = split(t);
+    let Some(row) = txn
+        .query_opt(&statement, &[&flow, &sec, &nsec])
+        .await
+        .map_err(pg_error)?
+    else {
+        return Ok(None);
+    };
+    let Some(run) = row.get::<_, Option<Vec<u8>>>(2) else {
+        return Ok(None);
+    };
+    Ok(Some((join(row.get(0), row.get(1))?, Bytes::from(run))))
+}
+
+/// Replaces runs of `flow` (keyed `first`) by a single row for each of their grains,
+/// inside `txn` (which holds the flow's lock).
+async fn split_runs(
+    txn: &Transaction<'_>,
+    flow: FlowId,
+    found: &[(Timestamp, Bytes)],
+) -> Result<(), StoreError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut members = Vec::new();
+    for (first, run) in found {
+        members.extend(runs::decode(run).map_err(|e| match e {
+            StoreError::Corrupt(what) => {
+                StoreError::Corrupt(format!("{what} (the run at {first})"))
+            }
+            e => e,
+        })?);
+    }
+    let (secs, nsecs): (Vec<i64>, Vec<i32>) = found.iter().map(|(first, _)| split(*first)).unzip();
+    txn.execute(
+        "DELETE FROM grains WHERE flow_id = $1
+           AND (ts_sec, ts_nsec) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
+        &[&flow, &secs, &nsecs],
+    )
+    .await
+    .map_err(pg_error)?;
+    let mut rows = Rows::default();
+    for m in &members {
+        rows.single(
+            m.timestamp,
+            m.end,
+            &m.header,
+            m.crc,
+            m.payload.len() as u64,
+            Some(&m.payload),
+            None,
+        );
+    }
+    rows.insert(txn, flow, INSERT_GRAINS)
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
 
 /// How often a batch is planned again when concurrent writers keep taking its
 /// timestamps before it commits.
@@ -97,14 +286,77 @@ impl Plan {
 }
 
 impl PgWriter {
+    /// Whether a stored row of the flow holds a grain within `first..=last`.
+    async fn meets_stored(
+        &self,
+        txn: &Transaction<'_>,
+        first: Timestamp,
+        last: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let statement = txn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM grains WHERE flow_id = $1
+                   AND (ts_sec, ts_nsec) >= ($2::int8, $3::int4)
+                   AND (ts_sec, ts_nsec) <= ($4::int8, $5::int4))
+                 OR EXISTS (SELECT 1 FROM (SELECT last_sec, last_nsec FROM grains
+                   WHERE flow_id = $1 AND (ts_sec, ts_nsec) < ($2::int8, $3::int4)
+                   ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) p
+                   WHERE (p.last_sec, p.last_nsec) >= ($2::int8, $3::int4))",
+            )
+            .await
+            .map_err(pg_error)?;
+        let ((s0, n0), (s1, n1)) = (split(first), split(last));
+        let row = txn
+            .query_one(&statement, &[&self.flow, &s0, &n0, &s1, &n1])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get(0))
+    }
+
+    /// The runs keyed before one of `timestamps` whose span reaches it: `(first, run)`.
+    async fn runs_around(
+        &self,
+        txn: &Transaction<'_>,
+        timestamps: Vec<Timestamp>,
+    ) -> Result<Vec<(Timestamp, Bytes)>, StoreError> {
+        let (secs, nsecs): (Vec<i64>, Vec<i32>) = timestamps.into_iter().map(split).unzip();
+        let statement = txn
+            .prepare_cached(
+                "SELECT DISTINCT ON (r.ts_sec, r.ts_nsec) r.ts_sec, r.ts_nsec, r.run
+                 FROM unnest($2::int8[], $3::int4[]) t (s, n)
+                 CROSS JOIN LATERAL (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run
+                   FROM grains h WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) < (t.s, t.n)
+                   ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) r
+                 WHERE r.run IS NOT NULL AND (r.last_sec, r.last_nsec) >= (t.s, t.n)",
+            )
+            .await
+            .map_err(pg_error)?;
+        let rows = txn
+            .query(&statement, &[&self.flow, &secs, &nsecs])
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    join(row.get(0), row.get(1))?,
+                    Bytes::from(row.get::<_, Vec<u8>>(2)),
+                ))
+            })
+            .collect()
+    }
+
     async fn plan(&self, grains: &[Grain]) -> Result<Plan, StoreError> {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) =
             grains.iter().map(|g| split(g.origin_timestamp())).unzip();
         let client = self.shared.connection().await?;
+        // For each timestamp, the row that would hold it: the last keyed at or before it.
         let sql = format!(
-            "SELECT {} FROM grains g LEFT JOIN objects o ON o.id = g.object_id
-             WHERE g.flow_id = $1
-               AND (g.ts_sec, g.ts_nsec) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
+            "SELECT DISTINCT ON (g.ts_sec, g.ts_nsec) {}
+             FROM unnest($2::int8[], $3::int4[]) t (s, n)
+             CROSS JOIN LATERAL (SELECT * FROM grains h
+               WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) <= (t.s, t.n)
+               ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) g
+             LEFT JOIN objects o ON o.id = g.object_id",
             grain_columns(true)
         );
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
@@ -113,11 +365,12 @@ impl PgWriter {
             .await
             .map_err(pg_error)?;
         drop(client);
-        let mut stored: HashMap<(i64, i32), StoredGrain> = HashMap::with_capacity(rows.len());
+        let mut found = Vec::with_capacity(rows.len());
         for row in &rows {
-            let s = StoredGrain::from_row(row)?;
-            stored.insert(split(s.timestamp), s);
+            StoredGrain::from_row(row, &mut found)?;
         }
+        let stored: HashMap<(i64, i32), StoredGrain> =
+            found.into_iter().map(|s| (split(s.timestamp), s)).collect();
         let mut plan = Plan {
             outcome: BatchOutcome::default(),
             conflict: None,
@@ -259,49 +512,104 @@ impl PgWriter {
                 Some(row.get(0))
             }
         };
-        let n = plan.insert.len();
-        let mut secs = Vec::with_capacity(n);
-        let mut nsecs = Vec::with_capacity(n);
-        let mut end_secs: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut end_nsecs: Vec<Option<i32>> = Vec::with_capacity(n);
-        let mut headers: Vec<Vec<u8>> = Vec::with_capacity(n);
-        let mut crcs = Vec::with_capacity(n);
-        let mut lens = Vec::with_capacity(n);
-        let mut inline: Vec<Option<&[u8]>> = Vec::with_capacity(n);
-        let mut objects: Vec<Option<i64>> = Vec::with_capacity(n);
-        let mut object_offsets: Vec<Option<i64>> = Vec::with_capacity(n);
-        for &i in &plan.insert {
+        self.shared.lock_flow(&txn, self.flow).await?;
+        // The grains to insert; in time order when optimistic, to be cut into runs.
+        let mut insert = plan.insert.clone();
+        if plan.optimistic {
+            insert.sort_by_key(|&i| grains[i].origin_timestamp());
+            let stamp = |k: usize| grains[insert[k]].origin_timestamp();
+            // A repeated timestamp, or a batch whose span meets a stored row (the rows'
+            // spans must not overlap, see `runs`): the batch is planned.
+            if (1..insert.len()).any(|k| stamp(k - 1) == stamp(k))
+                || self
+                    .meets_stored(&txn, stamp(0), stamp(insert.len() - 1))
+                    .await?
+            {
+                return Ok(None);
+            }
+        } else {
+            // A new grain inside a run's span splits the run into single rows first.
+            let timestamps = insert.iter().map(|&i| grains[i].origin_timestamp());
+            let found = self.runs_around(&txn, timestamps.collect()).await?;
+            split_runs(&txn, self.flow, &found).await?;
+        }
+        let headers: Vec<Vec<u8>> = insert
+            .iter()
+            .map(|&i| {
+                let grain = &grains[i];
+                let mut header = Vec::new();
+                if grain.creation_timestamp().is_some() {
+                    grain.encode_header(&mut header);
+                } else {
+                    let mut stamped = grain.clone();
+                    stamped.set_creation_timestamp(Some(now));
+                    stamped.encode_header(&mut header);
+                }
+                header
+            })
+            .collect();
+        let crcs: Vec<u32> = insert
+            .iter()
+            .map(|&i| crc32c::crc32c(grains[i].payload()))
+            .collect();
+        // An appending batch's small grains in time order become runs.
+        let groups = if plan.optimistic {
+            run_groups(grains, &insert, &headers)
+        } else {
+            (0..insert.len()).map(|k| k..k + 1).collect()
+        };
+        let encoded: Vec<Vec<u8>> = groups
+            .iter()
+            .filter(|group| group.len() > 1)
+            .map(|group| {
+                let mut run = runs::RunBuilder::new();
+                for k in group.clone() {
+                    let grain = &grains[insert[k]];
+                    run.push(
+                        grain.origin_timestamp(),
+                        grain_end(grain),
+                        &headers[k],
+                        crcs[k],
+                        grain.payload(),
+                    );
+                }
+                run.finish()
+            })
+            .collect();
+        let mut rows = Rows::default();
+        let mut encoded_runs = encoded.iter();
+        for group in &groups {
+            if group.len() > 1 {
+                let (first, last) = (&grains[insert[group.start]], &grains[insert[group.end - 1]]);
+                let Some(run) = encoded_runs.next() else {
+                    return Err(StoreError::Corrupt("a run was not encoded".into()));
+                };
+                rows.run(
+                    first.origin_timestamp(),
+                    last.origin_timestamp(),
+                    grain_end(last),
+                    group.len(),
+                    run,
+                );
+                continue;
+            }
+            let k = group.start;
+            let i = insert[k];
             let grain = &grains[i];
-            let (s, ns) = split(grain.origin_timestamp());
-            secs.push(s);
-            nsecs.push(ns);
-            let end = grain_end(grain).map(split);
-            end_secs.push(end.map(|e| e.0));
-            end_nsecs.push(end.map(|e| e.1));
-            let mut header = Vec::new();
-            if grain.creation_timestamp().is_some() {
-                grain.encode_header(&mut header);
-            } else {
-                let mut stamped = grain.clone();
-                stamped.set_creation_timestamp(Some(now));
-                stamped.encode_header(&mut header);
-            }
-            headers.push(header);
             let payload = grain.payload();
-            crcs.push(crc32c::crc32c(payload) as i32);
-            lens.push(payload.len() as i64);
-            match offsets.get(&i) {
-                Some(&offset) => {
-                    inline.push(None);
-                    objects.push(object_id);
-                    object_offsets.push(Some(offset as i64));
-                }
-                None => {
-                    inline.push(Some(payload.as_ref()));
-                    objects.push(None);
-                    object_offsets.push(None);
-                }
-            }
+            let (inline, object) = match offsets.get(&i) {
+                Some(&offset) => (None, object_id.map(|id| (id, offset))),
+                None => (Some(payload.as_ref()), None),
+            };
+            rows.single(
+                grain.origin_timestamp(),
+                grain_end(grain),
+                &headers[k],
+                crcs[k],
+                payload.len() as u64,
+                inline,
+                object,
+            );
         }
         // An optimistic plan inserts plainly and gives up at the first taken timestamp
         // (PostgreSQL logs the unique violation); a plan made against the stored rows
@@ -314,31 +622,12 @@ impl PgWriter {
         } else {
             INSERT_GRAINS_SKIPPING_TAKEN
         };
-        let statement = txn.prepare_cached(sql).await.map_err(pg_error)?;
-        let inserted = txn
-            .execute(
-                &statement,
-                &[
-                    &self.flow,
-                    &secs,
-                    &nsecs,
-                    &end_secs,
-                    &end_nsecs,
-                    &headers,
-                    &crcs,
-                    &lens,
-                    &inline,
-                    &objects,
-                    &object_offsets,
-                ],
-            )
-            .await;
-        let inserted = match inserted {
+        let inserted = match rows.insert(&txn, self.flow, sql).await {
             Ok(inserted) => inserted,
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Ok(None),
             Err(e) => return Err(pg_error(e)),
         };
-        if inserted != n as u64 {
+        if inserted != rows.len() as u64 {
             // A concurrent writer took a timestamp since the plan, or (optimistic) the
             // batch holds a stored or repeated timestamp: plan (again).
             return Ok(None);
@@ -373,6 +662,38 @@ impl PgWriter {
     }
 }
 
+/// The batch's grains to insert (`insert`, with their `headers`) cut into groups of
+/// consecutive positions: runs of small grains in strictly increasing time order within
+/// the limits of [`runs`], every other grain a group of its own.
+fn run_groups(
+    grains: &[Grain],
+    insert: &[usize],
+    headers: &[Vec<u8>],
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
+    for (k, &i) in insert.iter().enumerate() {
+        let grain = &grains[i];
+        let (header, payload) = (headers[k].len(), grain.payload().len());
+        let joins = groups.last().is_some_and(|group| {
+            let start = &grains[insert[group.start]];
+            let previous = &grains[insert[group.end - 1]];
+            start.payload().len() <= runs::MAX_PAYLOAD
+                && previous.origin_timestamp() < grain.origin_timestamp()
+                && runs::fits(group.len(), bytes, header, payload)
+        });
+        match groups.last_mut() {
+            Some(group) if joins => group.end = k + 1,
+            _ => {
+                groups.push(k..k + 1);
+                bytes = runs::EMPTY_LEN;
+            }
+        }
+        bytes += runs::member_len(header, payload);
+    }
+    groups
+}
+
 #[async_trait]
 impl GrainWriter for PgWriter {
     async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
@@ -402,8 +723,10 @@ impl GrainWriter for PgWriter {
 }
 
 /// Deletes the grains of `flow` in `range` inside `txn`, releasing their objects;
-/// returns how many were deleted.
+/// returns how many were deleted. A run the range cuts through is split into single rows
+/// first (see [`runs`]).
 pub async fn delete_range(
+    shared: &Shared,
     txn: &Transaction<'_>,
     flow: FlowId,
     range: &TimeRange,
@@ -411,6 +734,35 @@ pub async fn delete_range(
     let Some((lo, hi)) = range.bounds() else {
         return Ok(0);
     };
+    shared.lock_flow(txn, flow).await?;
+    let mut cut: Vec<(Timestamp, Bytes)> = Vec::new();
+    let candidates = [
+        match lo {
+            Bound::Inclusive(t) => Some((t, "<")),
+            Bound::Exclusive(t) => Some((t, "<=")),
+            Bound::Unbounded => None,
+        },
+        match hi {
+            Bound::Inclusive(t) => Some((t, "<=")),
+            Bound::Exclusive(t) => Some((t, "<")),
+            Bound::Unbounded => None,
+        },
+    ];
+    for (t, op) in candidates.into_iter().flatten() {
+        if let Some((first, run)) = run_before(txn, flow, t, op).await?
+            && !cut.iter().any(|(f, _)| *f == first)
+        {
+            let members = runs::decode(&run)?;
+            let inside = members
+                .iter()
+                .filter(|m| range.contains(m.timestamp))
+                .count();
+            if inside != 0 && inside != members.len() {
+                cut.push((first, run));
+            }
+        }
+    }
+    split_runs(txn, flow, &cut).await?;
     let mut params: Vec<Box<dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync + Send>> =
         vec![Box::new(flow)];
     let mut conditions = vec!["flow_id = $1".to_owned()];
@@ -433,13 +785,13 @@ pub async fn delete_range(
         ));
     }
     let sql = format!(
-        "WITH d AS (DELETE FROM grains WHERE {} RETURNING object_id),
+        "WITH d AS (DELETE FROM grains WHERE {} RETURNING object_id, n_grains),
               c AS (SELECT object_id, count(*) AS n FROM d
                     WHERE object_id IS NOT NULL GROUP BY object_id),
               u AS (UPDATE objects o SET live = o.live - c.n,
                       released_at = CASE WHEN o.live - c.n <= 0 THEN now() END
                     FROM c WHERE o.id = c.object_id RETURNING o.id)
-         SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM u)",
+         SELECT (SELECT COALESCE(sum(n_grains), 0)::int8 FROM d), (SELECT count(*) FROM u)",
         conditions.join(" AND ")
     );
     let refs: Vec<&(dyn deadpool_postgres::tokio_postgres::types::ToSql + Sync)> = params
