@@ -431,24 +431,24 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
 
     // A damaged payload in a run fails its own grain; a run cut short fails its grains,
     // and neither is served nor crashes the read.
-    let last_run: (i64, i32) = {
+    let (last_run, intact): ((i64, i32), Vec<u8>) = {
         let row = db
             .query_one(
-                "SELECT ts_sec, ts_nsec FROM grains WHERE run IS NOT NULL
+                "SELECT ts_sec, ts_nsec, run FROM grains WHERE run IS NOT NULL
                  ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1",
                 &[],
             )
             .await
             .unwrap();
-        (row.get(0), row.get(1))
+        ((row.get(0), row.get(1)), row.get(2))
     };
     for damage in [
-        "set_byte(run, length(run) - 1, get_byte(run, length(run) - 1) # 1)",
-        "substring(run from 1 for 40)",
+        "set_byte($3::bytea, length($3::bytea) - 1, get_byte($3::bytea, length($3::bytea) - 1) # 1)",
+        "substring($3::bytea from 1 for 40)",
     ] {
         db.execute(
             &format!("UPDATE grains SET run = {damage} WHERE ts_sec = $1 AND ts_nsec = $2"),
-            &[&last_run.0, &last_run.1],
+            &[&last_run.0, &last_run.1, &intact],
         )
         .await
         .unwrap();
@@ -466,9 +466,47 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
         // A flipped payload byte fails only its own grain.
         let flipped = damage.starts_with("set_byte");
         assert_eq!(session.get(tenth(596), true).await.is_ok(), flipped);
-        // Grains in other rows are untouched.
-        assert!(session.get(tenth(0), true).await.unwrap().is_some());
+        // Grains in other rows are untouched: read, paged up to the damage, deleted,
+        // written after it.
+        let n0 = *model.keys().next().unwrap();
+        assert!(session.get(tenth(n0), true).await.unwrap().is_some());
+        let first_damaged = if flipped {
+            tenth(598)
+        } else {
+            join_key(last_run)
+        };
+        let before = model
+            .range(..)
+            .filter(|(_, g)| g.origin_timestamp() < first_damaged);
+        let mut stream = session.grains(GrainQuery::all());
+        for (_, sent) in before {
+            assert_stored(&stream.next().await.unwrap().unwrap(), sent);
+        }
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(StoreError::Corrupt(_)))
+        ));
+        drop(stream);
+        drop(session);
+        let range = TimeRange::new(Bound::Inclusive(tenth(n0)), Bound::Inclusive(tenth(n0)));
+        assert_eq!(store.delete_grains(flow.id, &range).await.unwrap(), 1);
+        model.remove(&n0);
+        // Right after the damaged run: a grain planned against the stored rows (too
+        // large to be inline), one appended, then both deleted.
+        let big = frame(&flow, tenth(599), 40_000, 1);
+        let past = frame(&flow, tenth(600), 100, 1);
+        for grain in [big, past] {
+            let outcome = write(&store, flow.id, [grain]).await.unwrap();
+            assert_eq!(outcome.written, 1, "{damage}");
+        }
+        let after = TimeRange::new(Bound::Inclusive(tenth(599)), Bound::Unbounded);
+        assert_eq!(store.delete_grains(flow.id, &after).await.unwrap(), 2);
     }
+}
+
+/// The timestamp of a row's key.
+fn join_key((sec, nsec): (i64, i32)) -> Timestamp {
+    Timestamp::from_nanos(i128::from(sec) * 1_000_000_000 + i128::from(nsec)).unwrap()
 }
 
 /// The rows of the grains table: all, runs, grains in them.

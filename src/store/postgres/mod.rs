@@ -423,10 +423,16 @@ impl Shared {
         txn: &tokio_postgres::Transaction<'_>,
         flow: FlowId,
     ) -> Result<(), StoreError> {
-        let key = schema::lock_key(&format!("grains:{flow}"), &self.schema);
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
-            .await
-            .map_err(pg_error)?;
+        // The two-key form: a lock space apart from the single-key locks of the schema
+        // (events, garbage collection), so no flow's key can meet theirs.
+        let schema = crc32c::crc32c(self.schema.as_bytes()) as i32;
+        let flow = crc32c::crc32c(flow.as_bytes()) as i32;
+        txn.execute(
+            "SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
+            &[&schema, &flow],
+        )
+        .await
+        .map_err(pg_error)?;
         Ok(())
     }
 

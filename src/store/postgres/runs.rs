@@ -18,11 +18,16 @@
 //! row, a grain written inside a run's span splits the run into single rows first, and
 //! so does a delete whose range cuts through a run.
 //!
+//! Only a batch tried without its plan (all its payloads inline, see `writer`) becomes
+//! runs: a batch that repeats a stored timestamp, or interleaves with stored grains, is
+//! stored as single rows.
+//!
 //! # Encoding
 //!
 //! Little-endian: a version byte, the member count (`u16`), then for each member its
 //! origin timestamp (`i64` seconds, `i32` nanoseconds, as the key columns), its end
-//! (a flag byte, then seconds and nanoseconds when set), the header's length (`u32`) and
+//! (a flag byte, then seconds and nanoseconds, zeros when it has none), the header's
+//! length (`u32`) and
 //! binary form, the payload's crc32c (`u32`), its length (`u32`) and bytes. Each
 //! payload keeps its own checksum, checked on read like a single row's.
 

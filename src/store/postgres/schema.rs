@@ -17,13 +17,19 @@
 //!   where it is (`object_id`, `object_offset`). A run's row (see [`super::runs`]) holds
 //!   its members in `run`, its last grain's timestamp in `last_sec`/`last_nsec`, and the
 //!   number of its grains in `n_grains`; its `end_sec`/`end_nsec` are its last grain's
-//!   end, its `header` is empty and its `len` the run's length.
+//!   end, its `header` is empty and its `len` the run's length. The table's
+//!   `toast_tuple_target` is 8160, so rows up to a page stay whole and uncompressed
+//!   (inline payloads of single grains included).
 //! - `events`: the service events, numbered by a `bigserial` that is the event id.
 
 use deadpool_postgres::tokio_postgres::Client;
+use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::pg_error;
 use crate::store::StoreError;
+
+/// How long a migration waits for a table lock before it gives up.
+const MIGRATION_LOCK_WAIT: &str = "10s";
 
 /// Each step brings the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -162,9 +168,23 @@ async fn apply(client: &mut Client, schema: &str) -> Result<u64, StoreError> {
         txn.batch_execute(&format!("SET LOCAL search_path TO {quoted}"))
             .await
             .map_err(pg_error)?;
-        txn.batch_execute(MIGRATIONS[version])
+        // A migration that must wait for a table (held by the read sessions of replicas
+        // still running) gives up rather than queueing every other query behind it.
+        txn.batch_execute(&format!("SET LOCAL lock_timeout = '{MIGRATION_LOCK_WAIT}'"))
             .await
             .map_err(pg_error)?;
+        txn.batch_execute(MIGRATIONS[version]).await.map_err(|e| {
+            if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                StoreError::Unavailable(format!(
+                    "migrating the database schema {schema} to version {}: its tables stayed \
+                     in use for {MIGRATION_LOCK_WAIT}; stop the replicas of the older version \
+                     (see docs/deployment.md, upgrades) and start again",
+                    version + 1
+                ))
+            } else {
+                pg_error(e)
+            }
+        })?;
         version += 1;
         let v = i32::try_from(version).unwrap_or(i32::MAX);
         txn.execute(

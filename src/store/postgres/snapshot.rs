@@ -316,12 +316,15 @@ impl Snapshot for PgSnapshot {
         timestamp: Timestamp,
         with_payload: bool,
     ) -> Result<Option<Grain>, StoreError> {
-        // The row holding the timestamp, if any, is the last row keyed at or before it.
+        // The row holding the timestamp, if any, is the last row keyed at or before it,
+        // keyed at it or a run reaching it (a damaged run it is not in is not read).
         let sql = format!(
             "SELECT {} FROM (SELECT * FROM grains h
                WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) <= ($2::int8, $3::int4)
                ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) g
-             LEFT JOIN objects o ON o.id = g.object_id",
+             LEFT JOIN objects o ON o.id = g.object_id
+             WHERE (g.ts_sec, g.ts_nsec) = ($2::int8, $3::int4)
+                OR (g.last_sec, g.last_nsec) >= ($2::int8, $3::int4)",
             grain_columns(with_payload)
         );
         let client = self.client()?;
@@ -440,26 +443,41 @@ impl PgSnapshot {
         // Counted from the rows keyed in the range only: in descending order the run
         // before the range comes after every one of them.
         let (mut counted, mut counted_bytes) = (0usize, 0usize);
+        // The first row in the page's order that failed to decode: its span, its error.
+        let mut damaged: Option<(Timestamp, Timestamp, StoreError)> = None;
         loop {
             let rows = self
                 .rows(lo, hi, order, rows_wanted, first, with_payload)
                 .await?;
-            let mut keyed_in_range = 0;
+            let (mut keyed_in_range, mut counted_now) = (0, 0);
             let mut cursor = None;
             for row in &rows {
+                let key = join(row.get(0), row.get(1))?;
                 let mut grains = Vec::new();
-                StoredGrain::from_row(row, &mut grains)?;
+                if let Err(e) = StoredGrain::from_row(row, &mut grains) {
+                    let last = match (row.get(10), row.get(11)) {
+                        (Some(sec), Some(nsec)) => join(sec, nsec)?,
+                        _ => key,
+                    };
+                    let earlier = damaged.as_ref().is_none_or(|(k, l, _)| match order {
+                        Order::Ascending => key < *k,
+                        Order::Descending => last > *l,
+                    });
+                    if earlier {
+                        damaged = Some((key, last, e));
+                    }
+                    continue;
+                }
                 grains.retain(|s| rest.contains(s.timestamp));
                 if !row.get::<_, bool>(9) {
                     keyed_in_range += 1;
                     // The join may reorder the rows: the round ends at its farthest key.
-                    let key = join(row.get(0), row.get(1))?;
                     cursor = match (order, cursor) {
                         (Order::Ascending, Some(c)) if c > key => Some(c),
                         (Order::Descending, Some(c)) if c < key => Some(c),
                         _ => Some(key),
                     };
-                    counted += grains.len();
+                    counted_now += grains.len();
                     counted_bytes = grains.iter().fold(counted_bytes, |n, s| {
                         n.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX))
                     });
@@ -467,8 +485,9 @@ impl PgSnapshot {
                 found.extend(grains);
             }
             first = false;
+            counted += counted_now;
             let full = counted >= want || (with_payload && counted_bytes >= limit.bytes);
-            let (Some(cursor), false) = (cursor, full) else {
+            let (Some(cursor), false, None) = (cursor, full, &damaged) else {
                 break;
             };
             if keyed_in_range < rows_wanted {
@@ -478,7 +497,21 @@ impl PgSnapshot {
                 Order::Ascending => lo = Bound::Exclusive(cursor),
                 Order::Descending => hi = Bound::Exclusive(cursor),
             }
-            rows_wanted = rows_wanted.saturating_mul(4).min(want);
+            // As many rows as the grains still wanted need at the rows' mean so far.
+            rows_wanted = ((want - counted) * keyed_in_range)
+                .div_ceil(counted_now.max(keyed_in_range))
+                .max(1);
+        }
+        // A damaged row: the grains before it in the page's order, the error on the
+        // next page (or now, if there are none).
+        if let Some((key, last, e)) = damaged {
+            found.retain(|s| match order {
+                Order::Ascending => s.timestamp < key,
+                Order::Descending => s.timestamp > last,
+            });
+            if found.is_empty() {
+                return Err(e);
+            }
         }
         match order {
             Order::Ascending => found.sort_unstable_by_key(|s| s.timestamp),
@@ -503,7 +536,8 @@ impl PgSnapshot {
 
     /// At most `count` rows keyed within (`lo`, `hi`) in `order`, and, with
     /// `run_before`, the last row keyed before `lo` if it is a run that reaches `lo`;
-    /// selected with [`grain_columns`] and a tenth column, true for that run.
+    /// selected with [`grain_columns`], then whether the row is that run and the row's
+    /// `last_sec`, `last_nsec`.
     async fn rows(
         &self,
         lo: Bound,
@@ -552,7 +586,8 @@ impl PgSnapshot {
             );
         }
         let sql = format!(
-            "SELECT {}, g.before FROM ({sql}) g LEFT JOIN objects o ON o.id = g.object_id",
+            "SELECT {}, g.before, g.last_sec, g.last_nsec
+             FROM ({sql}) g LEFT JOIN objects o ON o.id = g.object_id",
             grain_columns(with_payload)
         );
         let client = self.client()?;

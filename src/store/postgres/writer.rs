@@ -151,17 +151,22 @@ impl<'a> Rows<'a> {
 }
 
 /// The last row of `flow` keyed before `t` (`op` `"<"`) or at or before it (`"<="`),
-/// if it is a run: `(first, last, run)`.
-async fn run_before(
+/// if it is a run whose last grain is after `t` (`reaches` `">"`) or at or after it
+/// (`">="`): `(first, run)`.
+async fn run_reaching(
     txn: &Transaction<'_>,
     flow: FlowId,
     t: Timestamp,
     op: &str,
+    reaches: &str,
 ) -> Result<Option<(Timestamp, Bytes)>, StoreError> {
+    // The nearest row first, then the test: a filter inside the ordered scan could walk
+    // back over every earlier row.
     let sql = format!(
-        "SELECT ts_sec, ts_nsec, run FROM grains
-         WHERE flow_id = $1 AND (ts_sec, ts_nsec) {op} ($2::int8, $3::int4)
-         ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1"
+        "SELECT ts_sec, ts_nsec, run FROM (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run
+           FROM grains WHERE flow_id = $1 AND (ts_sec, ts_nsec) {op} ($2::int8, $3::int4)
+           ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) p
+         WHERE run IS NOT NULL AND (last_sec, last_nsec) {reaches} ($2::int8, $3::int4)"
     );
     let statement = txn.prepare_cached(&sql).await.map_err(pg_error)?;
     let (sec, nsec) = split(t);
@@ -172,10 +177,18 @@ async fn run_before(
     else {
         return Ok(None);
     };
-    let Some(run) = row.get::<_, Option<Vec<u8>>>(2) else {
-        return Ok(None);
-    };
-    Ok(Some((join(row.get(0), row.get(1))?, Bytes::from(run))))
+    Ok(Some((
+        join(row.get(0), row.get(1))?,
+        Bytes::from(row.get::<_, Vec<u8>>(2)),
+    )))
+}
+
+/// The members of the run keyed `first`, a damaged run named in the error.
+fn decode_run(first: Timestamp, run: &Bytes) -> Result<Vec<runs::Member>, StoreError> {
+    runs::decode(run).map_err(|e| match e {
+        StoreError::Corrupt(what) => StoreError::Corrupt(format!("{what} (the run at {first})")),
+        e => e,
+    })
 }
 
 /// Replaces runs of `flow` (keyed `first`) by a single row for each of their grains,
@@ -190,12 +203,7 @@ async fn split_runs(
     }
     let mut members = Vec::new();
     for (first, run) in found {
-        members.extend(runs::decode(run).map_err(|e| match e {
-            StoreError::Corrupt(what) => {
-                StoreError::Corrupt(format!("{what} (the run at {first})"))
-            }
-            e => e,
-        })?);
+        members.extend(decode_run(*first, run)?);
     }
     let (secs, nsecs): (Vec<i64>, Vec<i32>) = found.iter().map(|(first, _)| split(*first)).unzip();
     txn.execute(
@@ -349,14 +357,16 @@ impl PgWriter {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) =
             grains.iter().map(|g| split(g.origin_timestamp())).unzip();
         let client = self.shared.connection().await?;
-        // For each timestamp, the row that would hold it: the last keyed at or before it.
+        // For each timestamp, the row holding it: the last keyed at or before it, if it is
+        // keyed at it or is a run reaching it (a damaged run elsewhere is not read).
         let sql = format!(
             "SELECT DISTINCT ON (g.ts_sec, g.ts_nsec) {}
              FROM unnest($2::int8[], $3::int4[]) t (s, n)
              CROSS JOIN LATERAL (SELECT * FROM grains h
                WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) <= (t.s, t.n)
                ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) g
-             LEFT JOIN objects o ON o.id = g.object_id",
+             LEFT JOIN objects o ON o.id = g.object_id
+             WHERE (g.ts_sec, g.ts_nsec) = (t.s, t.n) OR (g.last_sec, g.last_nsec) >= (t.s, t.n)",
             grain_columns(true)
         );
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
@@ -558,32 +568,30 @@ impl PgWriter {
         } else {
             (0..insert.len()).map(|k| k..k + 1).collect()
         };
-        let encoded: Vec<Vec<u8>> = groups
+        // Each group's run, encoded (none for a single grain).
+        let encoded: Vec<Option<Vec<u8>>> = groups
             .iter()
-            .filter(|group| group.len() > 1)
             .map(|group| {
-                let mut run = runs::RunBuilder::new();
-                for k in group.clone() {
-                    let grain = &grains[insert[k]];
-                    run.push(
-                        grain.origin_timestamp(),
-                        grain_end(grain),
-                        &headers[k],
-                        crcs[k],
-                        grain.payload(),
-                    );
-                }
-                run.finish()
+                (group.len() > 1).then(|| {
+                    let mut run = runs::RunBuilder::new();
+                    for k in group.clone() {
+                        let grain = &grains[insert[k]];
+                        run.push(
+                            grain.origin_timestamp(),
+                            grain_end(grain),
+                            &headers[k],
+                            crcs[k],
+                            grain.payload(),
+                        );
+                    }
+                    run.finish()
+                })
             })
             .collect();
         let mut rows = Rows::default();
-        let mut encoded_runs = encoded.iter();
-        for group in &groups {
-            if group.len() > 1 {
+        for (group, run) in groups.iter().zip(&encoded) {
+            if let Some(run) = run {
                 let (first, last) = (&grains[insert[group.start]], &grains[insert[group.end - 1]]);
-                let Some(run) = encoded_runs.next() else {
-                    return Err(StoreError::Corrupt("a run was not encoded".into()));
-                };
                 rows.run(
                     first.origin_timestamp(),
                     last.origin_timestamp(),
@@ -736,23 +744,24 @@ pub async fn delete_range(
     };
     shared.lock_flow(txn, flow).await?;
     let mut cut: Vec<(Timestamp, Bytes)> = Vec::new();
+    // The runs reaching into the range from before it and out of it past its end.
     let candidates = [
         match lo {
-            Bound::Inclusive(t) => Some((t, "<")),
-            Bound::Exclusive(t) => Some((t, "<=")),
+            Bound::Inclusive(t) => Some((t, "<", ">=")),
+            Bound::Exclusive(t) => Some((t, "<=", ">")),
             Bound::Unbounded => None,
         },
         match hi {
-            Bound::Inclusive(t) => Some((t, "<=")),
-            Bound::Exclusive(t) => Some((t, "<")),
+            Bound::Inclusive(t) => Some((t, "<=", ">")),
+            Bound::Exclusive(t) => Some((t, "<", ">=")),
             Bound::Unbounded => None,
         },
     ];
-    for (t, op) in candidates.into_iter().flatten() {
-        if let Some((first, run)) = run_before(txn, flow, t, op).await?
+    for (t, op, reaches) in candidates.into_iter().flatten() {
+        if let Some((first, run)) = run_reaching(txn, flow, t, op, reaches).await?
             && !cut.iter().any(|(f, _)| *f == first)
         {
-            let members = runs::decode(&run)?;
+            let members = decode_run(first, &run)?;
             let inside = members
                 .iter()
                 .filter(|m| range.contains(m.timestamp))
