@@ -414,26 +414,34 @@ struct Shared {
     answer_within: Duration,
 }
 
+/// Takes a flow's lock ([`Shared::lock_flow`]); parameters from [`Shared::flow_lock_key`].
+const LOCK_FLOW: &str = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)";
+
 impl Shared {
     /// Takes the advisory lock on the grains of `flow` until `txn` ends: every
     /// transaction that adds or removes grains holds it, so that they keep the layout's
     /// invariant (see [`runs`]) one after the other.
     async fn lock_flow(
         &self,
-        txn: &tokio_postgres::Transaction<'_>,
+        txn: &deadpool_postgres::Transaction<'_>,
         flow: FlowId,
     ) -> Result<(), StoreError> {
-        // The two-key form: a lock space apart from the single-key locks of the schema
-        // (events, garbage collection), so no flow's key can meet theirs.
-        let schema = crc32c::crc32c(self.schema.as_bytes()) as i32;
-        let flow = crc32c::crc32c(flow.as_bytes()) as i32;
-        txn.execute(
-            "SELECT pg_advisory_xact_lock($1::int4, $2::int4)",
-            &[&schema, &flow],
-        )
-        .await
-        .map_err(pg_error)?;
+        let lock = txn.prepare_cached(LOCK_FLOW).await.map_err(pg_error)?;
+        let (schema, flow) = self.flow_lock_key(flow);
+        txn.execute(&lock, &[&schema, &flow])
+            .await
+            .map_err(pg_error)?;
         Ok(())
+    }
+
+    /// The parameters of [`LOCK_FLOW`] for `flow`: the two-key form, a lock space apart
+    /// from the single-key locks of the schema (events, garbage collection), so no flow's
+    /// key can meet theirs.
+    fn flow_lock_key(&self, flow: FlowId) -> (i32, i32) {
+        (
+            crc32c::crc32c(self.schema.as_bytes()) as i32,
+            crc32c::crc32c(flow.as_bytes()) as i32,
+        )
     }
 
     /// A pooled connection, in bounded time: waiting for a free one ends in
@@ -612,41 +620,61 @@ impl PostgresStore {
 }
 
 /// Records `events` in `txn` and notifies the schema's channel; the caller commits.
-///
-/// Ids are taken under a transaction advisory lock, released by the commit: a later
-/// id is thus always committed after an earlier one, and listeners, which receive
-/// notifications in commit order, see ids only grow.
 async fn record_events(
     shared: &Shared,
-    txn: &tokio_postgres::Transaction<'_>,
+    txn: &deadpool_postgres::Transaction<'_>,
     events: &[PendingEvent],
 ) -> Result<(), StoreError> {
+    let recorded = insert_events(shared, txn, events).await?;
+    notify_events(shared, txn, &recorded).await
+}
+
+/// Inserts `events` in `txn`, their ids taken under a transaction advisory lock (released
+/// by the commit): a later id is thus always committed after an earlier one, and
+/// listeners, which receive notifications in commit order, see ids only grow. The lock
+/// and the inserts go to the server together, in one round trip; they run in order.
+async fn insert_events(
+    shared: &Shared,
+    txn: &deadpool_postgres::Transaction<'_>,
+    events: &[PendingEvent],
+) -> Result<Vec<listener::Wire>, StoreError> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&shared.event_lock])
+    let lock = txn
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+        .await
+        .map_err(pg_error)?;
+    let insert = txn
+        .prepare_cached(
+            "INSERT INTO events (event_type, flow_id, source_id, ts_sec, ts_nsec, body, origin)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
         .await
         .map_err(pg_error)?;
     let (sec, nsec) = split(Timestamp::now());
+    let (lock, insert) = (&lock, &insert);
+    let inserts = events.iter().map(|e| async move {
+        txn.query_one(
+            insert,
+            &[
+                &e.event_type,
+                &e.flow,
+                &e.source,
+                &sec,
+                &nsec,
+                &e.body,
+                &shared.origin,
+            ],
+        )
+        .await
+    });
+    let locked = async move { txn.execute(lock, &[&shared.event_lock]).await };
+    let (locked, rows) = futures::join!(locked, futures::future::join_all(inserts));
+    locked.map_err(pg_error)?;
     let mut recorded = Vec::with_capacity(events.len());
-    for e in events {
-        let row = txn
-            .query_one(
-                "INSERT INTO events (event_type, flow_id, source_id, ts_sec, ts_nsec, body, origin)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                &[
-                    &e.event_type,
-                    &e.flow,
-                    &e.source,
-                    &sec,
-                    &nsec,
-                    &e.body,
-                    &shared.origin,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        let id: i64 = row.get(0);
+    for (e, row) in events.iter().zip(rows) {
+        let id: i64 = row.map_err(pg_error)?.get(0);
         recorded.push(listener::Wire {
             id,
             event_type: e.event_type.to_owned(),
@@ -656,8 +684,25 @@ async fn record_events(
             body: e.body.clone(),
         });
     }
-    let payload = listener::notification(shared.origin, &recorded);
-    txn.execute("SELECT pg_notify($1, $2)", &[&shared.channel, &payload])
+    Ok(recorded)
+}
+
+/// Notifies the schema's channel of events inserted in `txn` ([`insert_events`]); the
+/// notification is delivered when the caller commits.
+async fn notify_events(
+    shared: &Shared,
+    txn: &deadpool_postgres::Transaction<'_>,
+    recorded: &[listener::Wire],
+) -> Result<(), StoreError> {
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let payload = listener::notification(shared.origin, recorded);
+    let notify = txn
+        .prepare_cached("SELECT pg_notify($1, $2)")
+        .await
+        .map_err(pg_error)?;
+    txn.execute(&notify, &[&shared.channel, &payload])
         .await
         .map_err(pg_error)?;
     Ok(())

@@ -13,7 +13,10 @@ use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
-use super::{PendingEvent, Shared, grain_end, join, pg_error, record_events, runs, split};
+use super::{
+    LOCK_FLOW, PendingEvent, Shared, grain_end, insert_events, join, notify_events, pg_error, runs,
+    split,
+};
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, BatchResult, FlowId, GrainWriter, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -34,6 +37,20 @@ const INSERT_GRAINS: &str = insert_grains!();
 
 /// Inserts rows, skipping timestamps taken since the batch was planned.
 const INSERT_GRAINS_SKIPPING_TAKEN: &str = concat!(insert_grains!(), " ON CONFLICT DO NOTHING");
+
+/// Whether the flow is writable: `read_only`, none for an unknown flow, taking a shared
+/// lock on the flow's row (a concurrent flow update or delete waits for the commit).
+const FLOW_WRITABLE: &str = "SELECT read_only FROM flows WHERE id = $1 FOR SHARE";
+
+/// Whether a stored row of flow `$1` holds a grain within `($2, $3)..=($4, $5)`: a row
+/// keyed in that span, or a run keyed before it that reaches into it.
+const MEETS_STORED: &str = "SELECT EXISTS (SELECT 1 FROM grains WHERE flow_id = $1
+       AND (ts_sec, ts_nsec) >= ($2::int8, $3::int4)
+       AND (ts_sec, ts_nsec) <= ($4::int8, $5::int4))
+     OR EXISTS (SELECT 1 FROM (SELECT last_sec, last_nsec FROM grains
+       WHERE flow_id = $1 AND (ts_sec, ts_nsec) < ($2::int8, $3::int4)
+       ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) p
+       WHERE (p.last_sec, p.last_nsec) >= ($2::int8, $3::int4))";
 
 /// The columns of rows to insert, as arrays for one insert.
 #[derive(Default)]
@@ -294,33 +311,6 @@ impl Plan {
 }
 
 impl PgWriter {
-    /// Whether a stored row of the flow holds a grain within `first..=last`.
-    async fn meets_stored(
-        &self,
-        txn: &Transaction<'_>,
-        first: Timestamp,
-        last: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let statement = txn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM grains WHERE flow_id = $1
-                   AND (ts_sec, ts_nsec) >= ($2::int8, $3::int4)
-                   AND (ts_sec, ts_nsec) <= ($4::int8, $5::int4))
-                 OR EXISTS (SELECT 1 FROM (SELECT last_sec, last_nsec FROM grains
-                   WHERE flow_id = $1 AND (ts_sec, ts_nsec) < ($2::int8, $3::int4)
-                   ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) p
-                   WHERE (p.last_sec, p.last_nsec) >= ($2::int8, $3::int4))",
-            )
-            .await
-            .map_err(pg_error)?;
-        let ((s0, n0), (s1, n1)) = (split(first), split(last));
-        let row = txn
-            .query_one(&statement, &[&self.flow, &s0, &n0, &s1, &n1])
-            .await
-            .map_err(pg_error)?;
-        Ok(row.get(0))
-    }
-
     /// The runs keyed before one of `timestamps` whose span reaches it: `(first, run)`.
     async fn runs_around(
         &self,
@@ -486,26 +476,66 @@ impl PgWriter {
         now: Timestamp,
         committing: &mut bool,
     ) -> Result<Option<BatchResult>, StoreError> {
+        // An appending batch in time order, to be cut into runs; one with a repeated
+        // timestamp is planned (the rows' spans must not overlap, see `runs`).
+        let mut insert = plan.insert.clone();
+        if plan.optimistic {
+            insert.sort_by_key(|&i| grains[i].origin_timestamp());
+            let stamp = |k: usize| grains[insert[k]].origin_timestamp();
+            if (1..insert.len()).any(|k| stamp(k - 1) == stamp(k)) {
+                return Ok(None);
+            }
+        }
         let mut client = self.shared.connection().await?;
         let txn = client.transaction().await.map_err(pg_error)?;
-        // Shared lock: a concurrent flow update or delete waits for this commit.
-        let row = txn
-            .query_opt(
-                "SELECT read_only FROM flows WHERE id = $1 FOR SHARE",
-                &[&self.flow],
-            )
-            .await
-            .map_err(pg_error)?;
-        match row.map(|r| r.get::<_, bool>(0)) {
-            None => return Err(StoreError::FlowNotFound(self.flow)),
-            Some(true) => return Err(StoreError::ReadOnly(self.flow)),
-            Some(false) => {}
-        }
-        if plan.insert.is_empty() {
+        // The statements up to the insert go to the server together (one round trip) and
+        // run in order: a shared lock on the flow (a concurrent flow update or delete
+        // waits for this commit), the flow's write lock, and, for an appending batch,
+        // whether its span meets a stored row, seen after the lock. Prepared first (once
+        // per connection), so that each is sent when first polled, in this order.
+        let writable = txn.prepare_cached(FLOW_WRITABLE).await.map_err(pg_error)?;
+        let check = async {
+            let row = txn.query_opt(&writable, &[&self.flow]).await;
+            match row.map_err(pg_error)?.map(|r| r.get::<_, bool>(0)) {
+                None => Err(StoreError::FlowNotFound(self.flow)),
+                Some(true) => Err(StoreError::ReadOnly(self.flow)),
+                Some(false) => Ok(()),
+            }
+        };
+        if insert.is_empty() {
+            check.await?;
             return Ok(Some(BatchResult {
                 outcome: plan.outcome,
                 conflict: plan.conflict,
             }));
+        }
+        let lock = txn.prepare_cached(LOCK_FLOW).await.map_err(pg_error)?;
+        let meets = txn.prepare_cached(MEETS_STORED).await.map_err(pg_error)?;
+        let (schema_key, flow_key) = self.shared.flow_lock_key(self.flow);
+        let locked = async {
+            txn.execute(&lock, &[&schema_key, &flow_key])
+                .await
+                .map_err(pg_error)
+        };
+        let ((s0, n0), (s1, n1)) = (
+            split(grains[insert[0]].origin_timestamp()),
+            split(grains[insert[insert.len() - 1]].origin_timestamp()),
+        );
+        let meets = async {
+            if !plan.optimistic {
+                return Ok(false);
+            }
+            let row = txn
+                .query_one(&meets, &[&self.flow, &s0, &n0, &s1, &n1])
+                .await
+                .map_err(pg_error)?;
+            Ok::<bool, StoreError>(row.get(0))
+        };
+        let (check, locked, meets) = futures::join!(check, locked, meets);
+        check?;
+        locked?;
+        if meets? {
+            return Ok(None);
         }
         let object_id: Option<i64> = match object {
             None => None,
@@ -522,22 +552,7 @@ impl PgWriter {
                 Some(row.get(0))
             }
         };
-        self.shared.lock_flow(&txn, self.flow).await?;
-        // The grains to insert; in time order when optimistic, to be cut into runs.
-        let mut insert = plan.insert.clone();
-        if plan.optimistic {
-            insert.sort_by_key(|&i| grains[i].origin_timestamp());
-            let stamp = |k: usize| grains[insert[k]].origin_timestamp();
-            // A repeated timestamp, or a batch whose span meets a stored row (the rows'
-            // spans must not overlap, see `runs`): the batch is planned.
-            if (1..insert.len()).any(|k| stamp(k - 1) == stamp(k))
-                || self
-                    .meets_stored(&txn, stamp(0), stamp(insert.len() - 1))
-                    .await?
-            {
-                return Ok(None);
-            }
-        } else {
+        if !plan.optimistic {
             // A new grain inside a run's span splits the run into single rows first.
             let timestamps = insert.iter().map(|&i| grains[i].origin_timestamp());
             let found = self.runs_around(&txn, timestamps.collect()).await?;
@@ -630,7 +645,25 @@ impl PgWriter {
         } else {
             INSERT_GRAINS_SKIPPING_TAKEN
         };
-        let inserted = match rows.insert(&txn, self.flow, sql).await {
+        // The event goes to the server with the insert (one round trip); if the insert
+        // fails or falls short, the transaction is rolled back with it.
+        let events: Vec<PendingEvent> = match (plan.outcome.first, plan.outcome.last) {
+            (Some(first), Some(last)) => {
+                let range = TimeRange::new(Bound::Inclusive(first), Bound::Inclusive(last));
+                vec![PendingEvent {
+                    event_type: "flows/grains_added",
+                    flow: Some(self.flow),
+                    source: None,
+                    body: serde_json::json!({ "flow_id": self.flow, "timerange": range.to_string() }),
+                }]
+            }
+            _ => Vec::new(),
+        };
+        let (inserted, recorded) = futures::join!(
+            rows.insert(&txn, self.flow, sql),
+            insert_events(&self.shared, &txn, &events)
+        );
+        let inserted = match inserted {
             Ok(inserted) => inserted,
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Ok(None),
             Err(e) => return Err(pg_error(e)),
@@ -640,16 +673,7 @@ impl PgWriter {
             // batch holds a stored or repeated timestamp: plan (again).
             return Ok(None);
         }
-        if let (Some(first), Some(last)) = (plan.outcome.first, plan.outcome.last) {
-            let range = TimeRange::new(Bound::Inclusive(first), Bound::Inclusive(last));
-            let events = [PendingEvent {
-                event_type: "flows/grains_added",
-                flow: Some(self.flow),
-                source: None,
-                body: serde_json::json!({ "flow_id": self.flow, "timerange": range.to_string() }),
-            }];
-            record_events(&self.shared, &txn, &events).await?;
-        }
+        notify_events(&self.shared, &txn, &recorded?).await?;
         // The garbage collector deletes objects no row knows once they are older than
         // the grace period: an upload that old may be gone, so store it again.
         if let Some((_, started)) = object
