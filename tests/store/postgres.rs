@@ -679,4 +679,48 @@ async fn replicas_share_grains_watches_and_events() {
     // A flow created through B is seen by A.
     let other = create(&b, video_flow()).await;
     assert!(a.get_flow(other.id).await.unwrap().is_some());
+
+    // Events reach B as A recorded them: small ones inside the notification, one too
+    // large for it (a flow with a 10,000-byte tag) read from the table by its id.
+    let (_, _, on_a) = a.events().subscribe(None);
+    let (_, _, on_b) = b.events().subscribe(None);
+    let mut large = video_flow();
+    large.tags.insert("notes".into(), tag(&"n".repeat(10_000)));
+    let large = create(&a, large).await;
+    write(&a, large.id, vec![frame(&large, secs(0), 30_000, 4)])
+        .await
+        .unwrap();
+    let until_grains = |mut receiver: tokio::sync::broadcast::Receiver<_>| async move {
+        let mut seen: Vec<grainstore::store::StoreEvent> = Vec::new();
+        while seen
+            .last()
+            .is_none_or(|e| e.event_type != "flows/grains_added")
+        {
+            seen.push(receiver.recv().await.expect("the log goes on"));
+        }
+        seen
+    };
+    let wait = |events| tokio::time::timeout(Duration::from_secs(10), events);
+    let (from_a, from_b) = (until_grains(on_a), until_grains(on_b));
+    let (from_a, from_b) = (wait(from_a).await.unwrap(), wait(from_b).await.unwrap());
+    let summary = |events: &[grainstore::store::StoreEvent]| {
+        events
+            .iter()
+            .map(|e| (e.id, e.event_type, e.flow_id, e.source_id, e.body.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(summary(&from_a), summary(&from_b));
+    let created = from_b
+        .iter()
+        .find(|e| e.event_type == "flows/created")
+        .expect("flows/created reached B");
+    assert_eq!(created.flow_id, Some(large.id));
+    assert_eq!(created.body["tags"]["notes"], "n".repeat(10_000));
+    assert_eq!(
+        from_b.last().map(|e| e.body.clone()),
+        Some(serde_json::json!({
+            "flow_id": large.id,
+            "timerange": TimeRange::new(Bound::Inclusive(secs(0)), Bound::Inclusive(secs(0))).to_string(),
+        }))
+    );
 }

@@ -23,7 +23,7 @@ use super::{Shared, join, pg_error};
 use crate::store::StoreError;
 
 /// `NOTIFY` payloads must stay under 8000 bytes.
-const MAX_INLINE: usize = 7800;
+pub const MAX_INLINE: usize = 7800;
 
 /// The event types a replica may receive, as the `'static` names the log uses.
 const EVENT_TYPES: &[&str] = &[
@@ -69,23 +69,6 @@ struct Note {
     /// Else the first and last id to read from the table.
     #[serde(default)]
     r: Option<(i64, i64)>,
-}
-
-/// The payload notifying `events` committed by instance `origin`.
-pub fn notification(origin: Uuid, events: &[Wire]) -> String {
-    let inline = Note {
-        o: origin,
-        e: events.to_vec(),
-        r: None,
-    };
-    match serde_json::to_string(&inline) {
-        Ok(text) if text.len() <= MAX_INLINE => text,
-        _ => {
-            let first = events.first().map_or(0, |e| e.id);
-            let last = events.last().map_or(0, |e| e.id);
-            serde_json::json!({ "o": origin, "r": [first, last] }).to_string()
-        }
-    }
 }
 
 /// Starts the task; the future completes once it has first caught up.

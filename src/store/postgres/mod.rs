@@ -619,42 +619,31 @@ impl PostgresStore {
     }
 }
 
-/// Records `events` in `txn` and notifies the schema's channel; the caller commits.
+/// Records `events` in `txn` and notifies the schema's channel of each (delivered when
+/// the caller commits).
+///
+/// Ids are taken under a transaction advisory lock, released by the commit: a later id
+/// is thus always committed after an earlier one, and listeners, which receive
+/// notifications in commit order, see ids only grow. The lock and the inserts go to the
+/// server together, in one round trip; they run in order.
 async fn record_events(
     shared: &Shared,
     txn: &deadpool_postgres::Transaction<'_>,
     events: &[PendingEvent],
 ) -> Result<(), StoreError> {
-    let recorded = insert_events(shared, txn, events).await?;
-    notify_events(shared, txn, &recorded).await
-}
-
-/// Inserts `events` in `txn`, their ids taken under a transaction advisory lock (released
-/// by the commit): a later id is thus always committed after an earlier one, and
-/// listeners, which receive notifications in commit order, see ids only grow. The lock
-/// and the inserts go to the server together, in one round trip; they run in order.
-async fn insert_events(
-    shared: &Shared,
-    txn: &deadpool_postgres::Transaction<'_>,
-    events: &[PendingEvent],
-) -> Result<Vec<listener::Wire>, StoreError> {
     if events.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let lock = txn
         .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await
         .map_err(pg_error)?;
-    let insert = txn
-        .prepare_cached(
-            "INSERT INTO events (event_type, flow_id, source_id, ts_sec, ts_nsec, body, origin)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .await
-        .map_err(pg_error)?;
+    let insert = txn.prepare_cached(INSERT_EVENT).await.map_err(pg_error)?;
     let (sec, nsec) = split(Timestamp::now());
+    let bodies: Vec<String> = events.iter().map(|e| e.body.to_string()).collect();
+    let max_inline = listener::MAX_INLINE as i32;
     let (lock, insert) = (&lock, &insert);
-    let inserts = events.iter().map(|e| async move {
+    let inserts = events.iter().zip(&bodies).map(|(e, body)| async move {
         txn.query_one(
             insert,
             &[
@@ -665,6 +654,9 @@ async fn insert_events(
                 &nsec,
                 &e.body,
                 &shared.origin,
+                &shared.channel,
+                body,
+                &max_inline,
             ],
         )
         .await
@@ -672,41 +664,26 @@ async fn insert_events(
     let locked = async move { txn.execute(lock, &[&shared.event_lock]).await };
     let (locked, rows) = futures::join!(locked, futures::future::join_all(inserts));
     locked.map_err(pg_error)?;
-    let mut recorded = Vec::with_capacity(events.len());
-    for (e, row) in events.iter().zip(rows) {
-        let id: i64 = row.map_err(pg_error)?.get(0);
-        recorded.push(listener::Wire {
-            id,
-            event_type: e.event_type.to_owned(),
-            flow: e.flow,
-            source: e.source,
-            ts: (sec, nsec),
-            body: e.body.clone(),
-        });
+    for row in rows {
+        row.map_err(pg_error)?;
     }
-    Ok(recorded)
-}
-
-/// Notifies the schema's channel of events inserted in `txn` ([`insert_events`]); the
-/// notification is delivered when the caller commits.
-async fn notify_events(
-    shared: &Shared,
-    txn: &deadpool_postgres::Transaction<'_>,
-    recorded: &[listener::Wire],
-) -> Result<(), StoreError> {
-    if recorded.is_empty() {
-        return Ok(());
-    }
-    let payload = listener::notification(shared.origin, recorded);
-    let notify = txn
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(pg_error)?;
-    txn.execute(&notify, &[&shared.channel, &payload])
-        .await
-        .map_err(pg_error)?;
     Ok(())
 }
+
+/// Inserts an event and notifies channel `$8` of it, in the listeners' form
+/// (`listener::Note`): the event itself when the payload takes at most `$10` bytes
+/// (`$9` is the body as JSON text, passed on as it was written), else its id for them to
+/// read from the table.
+const INSERT_EVENT: &str = "WITH e AS (
+       INSERT INTO events (event_type, flow_id, source_id, ts_sec, ts_nsec, body, origin)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id),
+     n AS (SELECT id, json_build_object('o', $7::uuid, 'e', json_build_array(
+       json_build_object('id', id, 't', $1::text, 'f', $2::uuid, 's', $3::uuid,
+         'ts', json_build_array($4::int8, $5::int4), 'b', $9::text::json)))::text AS inline
+       FROM e)
+     SELECT id, pg_notify($8, CASE WHEN octet_length(inline) <= $10::int4 THEN inline
+       ELSE json_build_object('o', $7::uuid, 'r', json_build_array(id, id))::text END)
+     FROM n";
 
 fn flow_from_json(value: Value) -> Result<Flow, StoreError> {
     serde_json::from_value(value).map_err(corrupt)

@@ -14,8 +14,7 @@ use deadpool_postgres::tokio_postgres::error::SqlState;
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
 use super::{
-    LOCK_FLOW, PendingEvent, Shared, grain_end, insert_events, join, notify_events, pg_error, runs,
-    split,
+    LOCK_FLOW, PendingEvent, Shared, grain_end, join, pg_error, record_events, runs, split,
 };
 use crate::grain::Grain;
 use crate::store::{BatchOutcome, BatchResult, FlowId, GrainWriter, StoreError};
@@ -645,8 +644,9 @@ impl PgWriter {
         } else {
             INSERT_GRAINS_SKIPPING_TAKEN
         };
-        // The event goes to the server with the insert (one round trip); if the insert
-        // fails or falls short, the transaction is rolled back with it.
+        // The event and its notification go to the server with the insert (one round
+        // trip); if the insert fails or falls short, the transaction is rolled back with
+        // them.
         let events: Vec<PendingEvent> = match (plan.outcome.first, plan.outcome.last) {
             (Some(first), Some(last)) => {
                 let range = TimeRange::new(Bound::Inclusive(first), Bound::Inclusive(last));
@@ -661,7 +661,7 @@ impl PgWriter {
         };
         let (inserted, recorded) = futures::join!(
             rows.insert(&txn, self.flow, sql),
-            insert_events(&self.shared, &txn, &events)
+            record_events(&self.shared, &txn, &events)
         );
         let inserted = match inserted {
             Ok(inserted) => inserted,
@@ -673,7 +673,7 @@ impl PgWriter {
             // batch holds a stored or repeated timestamp: plan (again).
             return Ok(None);
         }
-        notify_events(&self.shared, &txn, &recorded?).await?;
+        recorded?;
         // The garbage collector deletes objects no row knows once they are older than
         // the grace period: an upload that old may be gone, so store it again.
         if let Some((_, started)) = object
