@@ -211,6 +211,7 @@ pub async fn write(
         max_grains: state.config.limits.max_grains_per_request,
     };
     let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
+    let linger = Duration::from_millis(state.config.server.commit_linger_ms);
     let mut chunks = body.into_data_stream();
     // The body must complete a grain at least every `idle`: a client trickling bytes
     // (slow loris) holds a write session as surely as a silent one.
@@ -220,12 +221,22 @@ pub async fn write(
         // so live readers see the grains within milliseconds even from a slow, long
         // upload. The commit is not waited for: the body goes on being received while
         // the batch is made durable, and a batch staged meanwhile starts committing as
-        // soon as the one before it is done.
+        // soon as the one before it is done. A body that pauses only for its next
+        // packet is still arriving: it gets `server.commit_linger_ms` to go on before
+        // the commit starts, so that a fast upload is committed in a few full batches,
+        // not in a small one per pause (each commit costs a sync, or a transaction).
         let next = match chunks.next().now_or_never() {
             Some(next) => next,
             None => {
+                let mut lingered = linger.is_zero();
                 let waited = loop {
                     if upload.in_flight.is_none() && session.staged() > 0 {
+                        if !lingered {
+                            lingered = true;
+                            if let Ok(next) = tokio::time::timeout(linger, chunks.next()).await {
+                                break Ok(next);
+                            }
+                        }
                         upload.start(&mut session);
                     }
                     let Some((pending, _)) = upload.in_flight.as_mut() else {

@@ -526,6 +526,49 @@ async fn a_streamed_upload_is_visible_while_it_is_still_arriving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shorter_than_the_commit_linger_commits_nothing() {
+    let app = spawn_app_with(|c| c.server.commit_linger_ms = 5_000).await;
+    let (flow, source) = app.create_flow().await;
+    let sent = grains(flow, source, 0..6, 2000);
+    let (head, bodies, end) = gsf_pieces(&sent);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let upload = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/flows/{flow}/grains"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-gsf")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    tx.send(Ok(head)).await.expect("send");
+    for piece in &bodies[..3] {
+        tx.send(Ok(piece.clone())).await.expect("send");
+    }
+    // A pause of half a second, inside the linger: the server waits for the rest of
+    // the body instead of committing the first three grains.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(app.read_ndjson(flow, "payload=none").await.is_empty());
+    for piece in &bodies[3..] {
+        tx.send(Ok(piece.clone())).await.expect("send");
+    }
+    tx.send(Ok(end)).await.expect("send");
+    drop(tx);
+    let response = tokio::time::timeout(PATIENCE, upload)
+        .await
+        .expect("the upload ends")
+        .expect("task")
+        .expect("response");
+    let summary = json_body(response, StatusCode::CREATED).await;
+    assert_eq!(summary["written"], 6);
+    assert_eq!(app.read_ndjson(flow, "payload=none").await.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_upload_in_odd_chunks_equals_one_in_a_piece() {
     let app = spawn_app().await;
     let (flow, source) = app.create_flow().await;
