@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::live::{PayloadMode, grain_event, newest_position, read_page};
+use super::live::{PayloadMode, grain_event, newest_position, page_is_full, read_page};
 use crate::grain::Grain;
 use crate::store::{FlowId, Store, StoreError};
 use crate::time::{Bound, Timestamp};
@@ -231,13 +231,19 @@ async fn run(
         watch.borrow_and_update();
         match read_page(&*store, flow, position, true).await {
             Ok(grains) if !grains.is_empty() => {
+                // A page short of the page size ended at the newest grain of its snapshot:
+                // nothing to read until the next commit (one since the read has marked the
+                // watch already).
+                let full = page_is_full(&grains);
                 for grain in grains {
                     position = Bound::Exclusive(grain.origin_timestamp());
                     let item = FanoutItem::Grain(FanoutGrain::new(flow, grain, inline_max));
                     // No receivers is fine: subscribers may be between store reads.
                     let _ = sender.send(Arc::new(item));
                 }
-                continue;
+                if full {
+                    continue;
+                }
             }
             Ok(_) => {}
             Err(e) => return finish(&sender, flow, e),

@@ -336,6 +336,13 @@ pub(super) async fn read_page(
     Ok(grains)
 }
 
+/// Whether a page from [`read_page`] holds as much as a page may (in grains or payload
+/// bytes), so that more may follow it in the same snapshot; a shorter one ended there.
+pub(super) fn page_is_full(grains: &[Grain]) -> bool {
+    grains.len() as u64 >= LIVE_PAGE
+        || grains.iter().map(|g| g.payload().len()).sum::<usize>() >= LIVE_PAGE_BYTES
+}
+
 /// The position "live from now": after the newest grain stored now.
 pub(super) async fn newest_position(store: &dyn Store, flow: FlowId) -> Result<Bound, StoreError> {
     let session = store.open_read(flow).await?;
