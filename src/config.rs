@@ -227,8 +227,8 @@ pub struct ServerConfig {
     pub response_headers_timeout_ms: u64,
     /// Time an upload body may go without completing a grain, in milliseconds.
     pub body_idle_timeout_ms: u64,
-    /// Time a paused upload body gets to go on before what it staged starts
-    /// committing, in milliseconds; 0 commits at once.
+    /// Time from an upload body's first pause to the start of the commit of what it
+    /// staged, in milliseconds; 0 commits at once.
     pub commit_linger_ms: u64,
     /// Time a response may wait on a client that reads nothing, in milliseconds.
     pub send_stall_timeout_ms: u64,

@@ -226,12 +226,31 @@ async fn without_auth_only_the_total_applies() {
 async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
     let _shared = MEASURING.read().await;
     let app = spawn(|c| c.server.body_idle_timeout_ms = 1000).await;
+    slow_loris_is_ended(&app, Duration::from_millis(300)).await;
+}
+
+/// The same with bytes coming faster than a (long) commit linger: the linger waits for
+/// the body's next bytes, but not past the idle deadline.
+#[tokio::test]
+async fn slow_loris_upload_inside_the_commit_linger_is_ended_too() {
+    let _shared = MEASURING.read().await;
+    let app = spawn(|c| {
+        c.server.body_idle_timeout_ms = 1000;
+        c.server.commit_linger_ms = 60_000;
+    })
+    .await;
+    slow_loris_is_ended(&app, Duration::from_millis(50)).await;
+}
+
+/// Uploads a grain, then one byte of the next every `every`: the upload must end with
+/// 408 within seconds, the first grain committed, the session released.
+async fn slow_loris_is_ended(app: &App, every: Duration) {
     let (flow, source) = app.create_flow(None).await;
     let mut body = ndjson(flow, source, 0..1, 10);
     let first = body.len();
     body.extend(ndjson(flow, source, 1..2, 10_000));
-    // The first grain at once, then one byte every 300 ms: never silent for the
-    // timeout, never completing the second grain.
+    // The first grain at once, then one byte at a time: never silent for the timeout,
+    // never completing the second grain.
     let chunks = futures::stream::unfold(0usize, move |at| {
         let body = body.clone();
         async move {
@@ -240,7 +259,7 @@ async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
             }
             let end = if at == 0 { first } else { at + 1 };
             if at > 0 {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(every).await;
             }
             Some((
                 Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&body[at..end])),
@@ -249,13 +268,15 @@ async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
         }
     });
     let started = Instant::now();
-    let response = app
+    let request = app
         .client
         .post(app.url(&format!("/flows/{flow}/grains")))
         .header("content-type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(chunks))
-        .send()
+        .send();
+    let response = tokio::time::timeout(Duration::from_secs(30), request)
         .await
+        .expect("the server ends the upload")
         .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 408);
@@ -269,10 +290,10 @@ async fn slow_loris_upload_is_ended_by_the_body_idle_timeout() {
     );
     assert_eq!(problem["committed"], 1);
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    assert_eq!(count_grains(&app, flow).await, 1);
+    assert_eq!(count_grains(app, flow).await, 1);
     let mut active = u64::MAX;
     for _ in 0..100 {
-        active = sessions_active(&app).await;
+        active = sessions_active(app).await;
         if active == 0 {
             break;
         }

@@ -206,6 +206,7 @@ pub async fn write(
         decoder: BodyDecoder::new(format, state.config.limits.max_grain_bytes),
         staged: Vec::new(),
         in_flight: None,
+        commit_due: None,
         received: 0,
         grains: 0,
         max_grains: state.config.limits.max_grains_per_request,
@@ -222,28 +223,38 @@ pub async fn write(
         // upload. The commit is not waited for: the body goes on being received while
         // the batch is made durable, and a batch staged meanwhile starts committing as
         // soon as the one before it is done. A body that pauses only for its next
-        // packet is still arriving: it gets `server.commit_linger_ms` to go on before
-        // the commit starts, so that a fast upload is committed in a few full batches,
-        // not in a small one per pause (each commit costs a sync, or a transaction).
+        // packet is still arriving: the commit starts `server.commit_linger_ms` after
+        // the first pause with grains staged (or when the batch is full), so that a fast
+        // upload is committed in a few full batches, not in a small one per pause (each
+        // commit costs a sync, or a transaction); the delay is counted once per batch,
+        // however often the body pauses, and never outlasts the idle deadline.
         let next = match chunks.next().now_or_never() {
             Some(next) => next,
             None => {
-                let mut lingered = linger.is_zero();
                 let waited = loop {
                     if upload.in_flight.is_none() && session.staged() > 0 {
-                        if !lingered {
-                            lingered = true;
-                            if let Ok(next) = tokio::time::timeout(linger, chunks.next()).await {
+                        let now = tokio::time::Instant::now();
+                        let due = *upload.commit_due.get_or_insert(now + linger);
+                        if now < due {
+                            let until = due.min(progress_deadline);
+                            if let Ok(next) = tokio::time::timeout_at(until, chunks.next()).await {
                                 break Ok(next);
+                            }
+                            if tokio::time::Instant::now() >= progress_deadline {
+                                break Err(());
                             }
                         }
                         upload.start(&mut session);
                     }
                     let Some((pending, _)) = upload.in_flight.as_mut() else {
-                        break tokio::time::timeout_at(progress_deadline, chunks.next()).await;
+                        break tokio::time::timeout_at(progress_deadline, chunks.next())
+                            .await
+                            .map_err(|_| ());
                     };
                     tokio::select! {
-                        next = tokio::time::timeout_at(progress_deadline, chunks.next()) => break next,
+                        next = tokio::time::timeout_at(progress_deadline, chunks.next()) => {
+                            break next.map_err(|_| ());
+                        }
                         joined = pending => upload.absorb(&mut session, joined)?,
                     }
                 };
@@ -347,6 +358,9 @@ struct Upload {
     /// batch is made durable while the next one is received and decoded, so receiving
     /// and syncing overlap instead of taking turns.
     in_flight: Option<(PendingCommit, Vec<(Timestamp, u64)>)>,
+    /// When the staged grains start committing if the body pauses: set at the first
+    /// pause after they were staged, cleared when they start committing.
+    commit_due: Option<tokio::time::Instant>,
     received: u64,
     grains: u64,
     /// `limits.max_grains_per_request`; 0 for no limit.
@@ -391,6 +405,7 @@ impl Upload {
     /// commit before it.
     fn start(&mut self, session: &mut WriteSession) {
         debug_assert!(self.in_flight.is_none());
+        self.commit_due = None;
         let pending: PendingCommit = tokio::spawn(session.start_commit());
         self.in_flight = Some((pending, std::mem::take(&mut self.staged)));
     }

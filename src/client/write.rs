@@ -171,7 +171,8 @@ fn coalesced(
                 match next {
                     Ok(chunk) if len + chunk.len() <= FRAME_BYTES => {
                         let frame = frame.get_or_insert_with(|| {
-                            let mut joined = bytes::BytesMut::with_capacity(FRAME_BYTES);
+                            let size = (first.len() + chunk.len()).max(FRAME_BYTES / 16);
+                            let mut joined = bytes::BytesMut::with_capacity(size);
                             joined.extend_from_slice(&first);
                             joined
                         });

@@ -569,6 +569,58 @@ async fn a_pause_shorter_than_the_commit_linger_commits_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_pauses_for_the_linger_is_still_committed_within_it() {
+    // Grains every 100 ms against a 400 ms linger: the body never pauses for the
+    // linger, yet what it staged starts committing 400 ms after its first pause.
+    let app = spawn_app_with(|c| c.server.commit_linger_ms = 400).await;
+    let (flow, source) = app.create_flow().await;
+    let sent = grains(flow, source, 0..40, 100);
+    let (head, bodies, end) = gsf_pieces(&sent);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let upload = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/flows/{flow}/grains"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-gsf")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    let writer = tokio::spawn(async move {
+        tx.send(Ok(head)).await.expect("send");
+        for piece in bodies {
+            tx.send(Ok(piece)).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tx.send(Ok(end)).await.expect("send");
+    });
+    // Seen long before the 4 s the body takes.
+    eventually(
+        "grains of an upload that never pauses for the linger",
+        || async { (!app.read_ndjson(flow, "payload=none").await.is_empty()).then_some(()) },
+    )
+    .await;
+    assert!(
+        !writer.is_finished(),
+        "seen while the body is still arriving"
+    );
+    writer.await.expect("writer");
+    let response = tokio::time::timeout(PATIENCE, upload)
+        .await
+        .expect("the upload ends")
+        .expect("task")
+        .expect("response");
+    assert_eq!(
+        json_body(response, StatusCode::CREATED).await["written"],
+        40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_upload_in_odd_chunks_equals_one_in_a_piece() {
     let app = spawn_app().await;
     let (flow, source) = app.create_flow().await;

@@ -246,18 +246,21 @@ impl PgSnapshot {
             shared,
             client: Some(client),
         };
-        snapshot
-            .client()?
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        let client = snapshot.client()?;
+        // Prepared once per connection: `BEGIN` and the flow check then go to the server
+        // together, in one round trip, and run in order. The snapshot is taken at the
+        // check, the transaction's first query.
+        let check = client
+            .prepare_cached("SELECT 1 FROM flows WHERE id = $1")
             .await
             .map_err(pg_error)?;
-        // The snapshot is taken at this first query.
-        let exists = snapshot
-            .client()?
-            .query_opt("SELECT 1 FROM flows WHERE id = $1", &[&flow])
-            .await
-            .map_err(pg_error)?;
-        if exists.is_none() {
+        let params: [&(dyn ToSql + Sync); 1] = [&flow];
+        let (begun, exists) = futures::join!(
+            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            client.query_opt(&check, &params)
+        );
+        begun.map_err(pg_error)?;
+        if exists.map_err(pg_error)?.is_none() {
             return Err(StoreError::FlowNotFound(flow));
         }
         Ok(snapshot)

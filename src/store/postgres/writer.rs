@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::Transaction;
+use deadpool_postgres::tokio_postgres::Statement;
 use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::payloads::Payloads;
@@ -133,17 +134,16 @@ impl<'a> Rows<'a> {
         self.runs.push(Some(run));
     }
 
-    /// Inserts the rows of `flow` with `sql` ([`INSERT_GRAINS`] or
-    /// [`INSERT_GRAINS_SKIPPING_TAKEN`]); returns how many were inserted.
+    /// Inserts the rows of `flow` with `statement` ([`INSERT_GRAINS`] or
+    /// [`INSERT_GRAINS_SKIPPING_TAKEN`], prepared); returns how many were inserted.
     async fn insert(
         &self,
         txn: &Transaction<'_>,
         flow: FlowId,
-        sql: &str,
+        statement: &Statement,
     ) -> Result<u64, deadpool_postgres::tokio_postgres::Error> {
-        let statement = txn.prepare_cached(sql).await?;
         txn.execute(
-            &statement,
+            statement,
             &[
                 &flow,
                 &self.secs,
@@ -241,9 +241,8 @@ async fn split_runs(
             None,
         );
     }
-    rows.insert(txn, flow, INSERT_GRAINS)
-        .await
-        .map_err(pg_error)?;
+    let insert = txn.prepare_cached(INSERT_GRAINS).await.map_err(pg_error)?;
+    rows.insert(txn, flow, &insert).await.map_err(pg_error)?;
     Ok(())
 }
 
@@ -659,8 +658,10 @@ impl PgWriter {
             }
             _ => Vec::new(),
         };
+        // Prepared first, so that the insert is sent first.
+        let insert = txn.prepare_cached(sql).await.map_err(pg_error)?;
         let (inserted, recorded) = futures::join!(
-            rows.insert(&txn, self.flow, sql),
+            rows.insert(&txn, self.flow, &insert),
             record_events(&self.shared, &txn, &events)
         );
         let inserted = match inserted {
