@@ -10,8 +10,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    PATIENCE, eventually, flow_body, grain, grains, gsf, gsf_pieces, inclusive, json_body, ndjson,
-    payload, problem, spawn_app, spawn_app_with, ts, without_creation,
+    PATIENCE, TestApp, eventually, flow_body, grain, grains, gsf, gsf_pieces, inclusive, json_body,
+    ndjson, payload, problem, spawn_app, spawn_app_with, ts, without_creation,
 };
 
 #[tokio::test]
@@ -474,20 +474,7 @@ async fn a_streamed_upload_is_visible_while_it_is_still_arriving() {
     let (flow, source) = app.create_flow().await;
     let sent = grains(flow, source, 0..6, 2000);
     let (head, bodies, end) = gsf_pieces(&sent);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let upload = {
-        let client = app.client.clone();
-        let url = app.url(&format!("/flows/{flow}/grains"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/x-gsf")
-                .body(body)
-                .send()
-                .await
-        })
-    };
+    let (tx, upload) = streamed_upload(&app, flow);
     tx.send(Ok(head)).await.expect("send");
     for piece in &bodies[..3] {
         tx.send(Ok(piece.clone())).await.expect("send");
@@ -504,17 +491,7 @@ async fn a_streamed_upload_is_visible_while_it_is_still_arriving() {
     );
     assert!(!upload.is_finished(), "the upload is still open");
 
-    for piece in &bodies[3..] {
-        tx.send(Ok(piece.clone())).await.expect("send");
-    }
-    tx.send(Ok(end)).await.expect("send");
-    drop(tx);
-    let response = tokio::time::timeout(PATIENCE, upload)
-        .await
-        .expect("the upload ends")
-        .expect("task")
-        .expect("response");
-    let summary = json_body(response, StatusCode::CREATED).await;
+    let summary = finish_upload(tx, &bodies[3..], end, upload).await;
     assert_eq!(summary["written"], 6);
     let stored: Vec<_> = app
         .read_gsf(flow, "")
@@ -531,20 +508,7 @@ async fn a_pause_shorter_than_the_commit_linger_commits_nothing() {
     let (flow, source) = app.create_flow().await;
     let sent = grains(flow, source, 0..6, 2000);
     let (head, bodies, end) = gsf_pieces(&sent);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let upload = {
-        let client = app.client.clone();
-        let url = app.url(&format!("/flows/{flow}/grains"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/x-gsf")
-                .body(body)
-                .send()
-                .await
-        })
-    };
+    let (tx, upload) = streamed_upload(&app, flow);
     tx.send(Ok(head)).await.expect("send");
     for piece in &bodies[..3] {
         tx.send(Ok(piece.clone())).await.expect("send");
@@ -553,17 +517,7 @@ async fn a_pause_shorter_than_the_commit_linger_commits_nothing() {
     // the body instead of committing the first three grains.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(app.read_ndjson(flow, "payload=none").await.is_empty());
-    for piece in &bodies[3..] {
-        tx.send(Ok(piece.clone())).await.expect("send");
-    }
-    tx.send(Ok(end)).await.expect("send");
-    drop(tx);
-    let response = tokio::time::timeout(PATIENCE, upload)
-        .await
-        .expect("the upload ends")
-        .expect("task")
-        .expect("response");
-    let summary = json_body(response, StatusCode::CREATED).await;
+    let summary = finish_upload(tx, &bodies[3..], end, upload).await;
     assert_eq!(summary["written"], 6);
     assert_eq!(app.read_ndjson(flow, "payload=none").await.len(), 6);
 }
@@ -576,20 +530,7 @@ async fn a_body_that_never_pauses_for_the_linger_is_still_committed_within_it() 
     let (flow, source) = app.create_flow().await;
     let sent = grains(flow, source, 0..40, 100);
     let (head, bodies, end) = gsf_pieces(&sent);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let upload = {
-        let client = app.client.clone();
-        let url = app.url(&format!("/flows/{flow}/grains"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/x-gsf")
-                .body(body)
-                .send()
-                .await
-        })
-    };
+    let (tx, upload) = streamed_upload(&app, flow);
     let writer = tokio::spawn(async move {
         tx.send(Ok(head)).await.expect("send");
         for piece in bodies {
@@ -652,4 +593,49 @@ async fn a_streamed_upload_in_odd_chunks_equals_one_in_a_piece() {
         .map(without_creation)
         .collect();
     assert_eq!(stored, sent);
+}
+
+/// A GSF POST to `flow` whose body is what is sent down the channel, until it is dropped;
+/// the task ends with the response.
+fn streamed_upload(
+    app: &TestApp,
+    flow: Uuid,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let client = app.client.clone();
+    let url = app.url(&format!("/flows/{flow}/grains"));
+    let upload = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("content-type", "application/x-gsf")
+            .body(body)
+            .send()
+            .await
+    });
+    (tx, upload)
+}
+
+/// Sends the `rest` of a [`streamed_upload`]'s body and its `end`, ends the body and
+/// returns the summary of the upload, which must have stored something.
+async fn finish_upload(
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rest: &[Bytes],
+    end: Bytes,
+    upload: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> serde_json::Value {
+    for piece in rest {
+        tx.send(Ok(piece.clone())).await.expect("send");
+    }
+    tx.send(Ok(end)).await.expect("send");
+    drop(tx);
+    let response = tokio::time::timeout(PATIENCE, upload)
+        .await
+        .expect("the upload ends")
+        .expect("task")
+        .expect("response");
+    json_body(response, StatusCode::CREATED).await
 }
