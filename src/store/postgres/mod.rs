@@ -986,10 +986,11 @@ impl Store for PostgresStore {
         let permit = self.sessions.acquire().await?;
         let read_only = self
             .read(|client| async move {
-                let row = client
-                    .query_opt("SELECT read_only FROM flows WHERE id = $1", &[&flow])
+                let check = client
+                    .prepare_cached("SELECT read_only FROM flows WHERE id = $1")
                     .await
                     .map_err(pg_error)?;
+                let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
                 Ok(row.map(|r| r.get::<_, bool>(0)))
             })
             .await?;
