@@ -175,7 +175,7 @@ pub trait Snapshot: Send + Sync + 'static {
         resume: Option<Timestamp>,
         limit: PageLimit,
         with_payload: bool,
-    ) -> Result<Vec<Grain>, StoreError>;
+    ) -> Result<GrainPage, StoreError>;
     /// The same page as GSF grain blocks of segment `local_id`, payloads included: byte
     /// for byte what [`crate::gsf::encode_grain`] gives for the grains of
     /// [`Snapshot::page`]. A backend that keeps headers in their GSF form overrides it
@@ -188,16 +188,26 @@ pub trait Snapshot: Send + Sync + 'static {
         limit: PageLimit,
         local_id: u16,
     ) -> Result<GsfPage, StoreError> {
-        let grains = self.page(range, order, resume, limit, true).await?;
+        let page = self.page(range, order, resume, limit, true).await?;
         let mut blocks = crate::gsf::GsfBlocks::new(local_id);
-        for grain in &grains {
+        for grain in &page.grains {
             blocks.push(grain);
         }
-        Ok(GsfPage::new(
-            blocks,
-            grains.last().map(Grain::origin_timestamp),
-        ))
+        let last = page.grains.last().map(Grain::origin_timestamp);
+        Ok(GsfPage::new(blocks, last).ended(page.ended))
     }
+}
+
+/// A page of grains (see [`Snapshot::page`]).
+#[derive(Debug, Default)]
+pub struct GrainPage {
+    /// The grains, in the page's order.
+    pub grains: Vec<Grain>,
+    /// Whether the snapshot holds no grain of the range after these: the next page
+    /// would be empty, so a reader need not ask for it. Only ever true when that is so;
+    /// a page that stops short of its limit because the range ran out (not at a
+    /// damaged grain, whose error the next page reports) must say it.
+    pub ended: bool,
 }
 
 /// A page of grains as GSF grain blocks (see [`Snapshot::gsf_page`]).
@@ -209,16 +219,25 @@ pub struct GsfPage {
     pub grains: usize,
     /// The origin timestamp of the last of them, where the next page resumes.
     pub last: Option<Timestamp>,
+    /// As [`GrainPage::ended`].
+    pub ended: bool,
 }
 
 impl GsfPage {
-    /// The page of `blocks`, whose last grain is at `last`.
+    /// The page of `blocks`, whose last grain is at `last`; not known to end the range.
     pub fn new(blocks: crate::gsf::GsfBlocks, last: Option<Timestamp>) -> GsfPage {
         GsfPage {
             grains: blocks.grains(),
             last,
             pieces: blocks.finish(),
+            ended: false,
         }
+    }
+
+    /// The same page, saying whether it ends the range (see [`GrainPage::ended`]).
+    pub fn ended(mut self, ended: bool) -> GsfPage {
+        self.ended = ended;
+        self
     }
 }
 
@@ -377,6 +396,20 @@ impl ReadSession {
         self.snapshot.get(timestamp, with_payload).await
     }
 
+    /// One page of the grains matching `query` (strictly after `resume` in its order),
+    /// as [`ReadSession::grains`] pulls them: at most the session's page limit, and at
+    /// most `query.count` grains.
+    pub async fn page(
+        &self,
+        query: &GrainQuery,
+        resume: Option<Timestamp>,
+    ) -> Result<GrainPage, StoreError> {
+        let limit = next_page_limit(self.page, query, 0);
+        self.snapshot
+            .page(query.range, query.order, resume, limit, query.with_payload)
+            .await
+    }
+
     /// The grain generator: the grains matching `query`, pulled page by page. The stream
     /// owns a share of the session, so the session lives until the stream is dropped.
     pub fn grains(&self, query: GrainQuery) -> GrainStream {
@@ -423,17 +456,19 @@ impl ReadSession {
             query: GrainQuery,
             resume: Option<Timestamp>,
             delivered: u64,
+            ended: bool,
         }
         let state = State {
             session: self.clone(),
             query,
             resume: None,
             delivered: 0,
+            ended: false,
         };
         Box::pin(futures::stream::try_unfold(
             state,
             move |mut state| async move {
-                if state.query.count.is_some_and(|c| state.delivered >= c) {
+                if state.ended || state.query.count.is_some_and(|c| state.delivered >= c) {
                     return Ok(None);
                 }
                 let limit = next_page_limit(state.session.page, &state.query, state.delivered);
@@ -453,6 +488,7 @@ impl ReadSession {
                 }
                 state.delivered += page.grains as u64;
                 state.resume = page.last;
+                state.ended = page.ended;
                 Ok(Some((page, state)))
             },
         ))
@@ -494,11 +530,12 @@ impl Cursor {
                 self.query.with_payload,
             )
             .await?;
-        match page.last() {
+        match page.grains.last() {
             Some(last) => self.resume = Some(last.origin_timestamp()),
             None => self.exhausted = true,
         }
-        self.buffer.extend(page);
+        self.exhausted |= page.ended;
+        self.buffer.extend(page.grains);
         Ok(())
     }
 }

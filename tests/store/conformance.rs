@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use grainstore::grain::Grain;
 use grainstore::store::{
     BatchOutcome, FlowFilter, FlowId, Format, GrainQuery, Order, PageKey, PageLimit, PageRequest,
@@ -40,6 +40,7 @@ macro_rules! store_conformance {
             list_sources_filters_and_pages,
             timerange_queries,
             reads_page_across_boundaries,
+            pages_say_when_the_range_ended,
             flow_timerange,
             conflict_stops_the_batch,
             identical_resend_is_unchanged,
@@ -648,6 +649,88 @@ pub async fn reads_page_across_boundaries(make: impl MakeStore) {
             assert!(got.payload().is_empty());
             assert_eq!(got.header(), full.header());
         }
+    }
+}
+
+/// A page that stops short because the range ran out says that it ended, so a reader
+/// asks for no empty page after it; a page the limit (count or bytes) cuts says no such
+/// thing. Grains stored by one commit and by many, both orders, with and without
+/// payloads, grain pages and GSF pages.
+pub async fn pages_say_when_the_range_ended(make: impl MakeStore) {
+    let (store, _guard) = fresh(make).await;
+    let flow = create(&store, video_flow()).await;
+    write(
+        &store,
+        flow.id,
+        (0..5).map(|s| frame(&flow, secs(s), 100, 4)),
+    )
+    .await
+    .unwrap();
+    for s in 5..10 {
+        write(&store, flow.id, [frame(&flow, secs(s), 100, 4)])
+            .await
+            .unwrap();
+    }
+    let base = store.open_read(flow.id).await.unwrap();
+    for order in [Order::Ascending, Order::Descending] {
+        for with_payload in [true, false] {
+            let what = format!("{order:?}, payloads {with_payload}");
+            let q = |text: &str, count: Option<u64>| GrainQuery {
+                range: tr(text),
+                order,
+                count,
+                with_payload,
+            };
+            // Pages of four through ten grains: 4, 4, then the 2 left, which end it.
+            let session = base.clone().with_page_limit(page_of(4));
+            let (mut resume, mut pages) = (None, Vec::new());
+            loop {
+                let page = session.page(&q("_", None), resume).await.unwrap();
+                pages.push((page.grains.len(), page.ended));
+                resume = page.grains.last().map(Grain::origin_timestamp);
+                if page.ended || page.grains.is_empty() {
+                    break;
+                }
+            }
+            assert_eq!(pages, [(4, false), (4, false), (2, true)], "{what}");
+            // A range shorter than the page, inside one commit and across commits.
+            for (text, n) in [("[1:0_4:0)", 3), ("[3:0_7:0)", 4), ("[8:0_", 2)] {
+                let session = base.clone().with_page_limit(page_of(10));
+                let page = session.page(&q(text, None), None).await.unwrap();
+                assert_eq!((page.grains.len(), page.ended), (n, true), "{text}, {what}");
+            }
+            // Nothing in range: an empty page that ends it.
+            for text in ["()", "[3:500000000]", "[20:0_"] {
+                let page = base.page(&q(text, None), None).await.unwrap();
+                assert_eq!((page.grains.len(), page.ended), (0, true), "{text}, {what}");
+            }
+            // Cut by the query's count: more follow.
+            let page = base.page(&q("_", Some(3)), None).await.unwrap();
+            assert_eq!((page.grains.len(), page.ended), (3, false), "count, {what}");
+        }
+        // Cut by bytes (100-byte payloads, 250 bytes a page): more follow.
+        let session = base.clone().with_page_limit(PageLimit {
+            grains: 1000,
+            bytes: 250,
+        });
+        let page = session
+            .page(&query(tr("_"), order, None), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (page.grains.len(), page.ended),
+            (3, false),
+            "bytes, {order:?}"
+        );
+        // GSF pages: the last one, short of the limit, ends the stream.
+        let session = base.clone().with_page_limit(page_of(4));
+        let pages: Vec<_> = session
+            .gsf_pages(query(tr("_"), order, None), 1)
+            .map(|page| page.map(|p| (p.grains, p.ended)))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(pages, [(4, false), (4, false), (2, true)], "gsf, {order:?}");
     }
 }
 

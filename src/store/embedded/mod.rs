@@ -85,9 +85,9 @@ use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition};
 
 use super::{
-    BatchResult, CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, GrainWriter, GsfPage,
-    Notifier, Order, Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession, SessionPool,
-    Snapshot, Source, SourceFilter, SourceId, Store, StoreError, WriteSession,
+    BatchResult, CommitWatch, EventLog, Flow, FlowFilter, FlowId, FlowInfo, GrainPage, GrainWriter,
+    GsfPage, Notifier, Order, Page, PageKey, PageLimit, PageRequest, PutOutcome, ReadSession,
+    SessionPool, Snapshot, Source, SourceFilter, SourceId, Store, StoreError, WriteSession,
 };
 use crate::grain::Grain;
 use crate::time::{Bound, TimeRange, Timestamp};
@@ -734,17 +734,18 @@ impl Snapshot for EmbeddedSnapshot {
         resume: Option<Timestamp>,
         limit: PageLimit,
         with_payload: bool,
-    ) -> Result<Vec<Grain>, StoreError> {
+    ) -> Result<GrainPage, StoreError> {
         let flow = self.flow;
         self.blocking(move |s, txn| {
             let mut grains = Vec::new();
-            scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
-                let grain = load_grain(s, timestamp, raw, with_payload)?;
-                let len = grain.payload().len();
-                grains.push(grain);
-                Ok(len)
-            })?;
-            Ok(grains)
+            let (_, ended) =
+                scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
+                    let grain = load_grain(s, timestamp, raw, with_payload)?;
+                    let len = grain.payload().len();
+                    grains.push(grain);
+                    Ok(len)
+                })?;
+            Ok(GrainPage { grains, ended })
         })
         .await
     }
@@ -763,10 +764,11 @@ impl Snapshot for EmbeddedSnapshot {
         let flow = self.flow;
         self.blocking(move |s, txn| {
             let mut blocks = crate::gsf::GsfBlocks::new(local_id);
-            let last = scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
-                add_gsf_block(s, &mut blocks, timestamp, raw)
-            })?;
-            Ok(GsfPage::new(blocks, last))
+            let (last, ended) =
+                scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
+                    add_gsf_block(s, &mut blocks, timestamp, raw)
+                })?;
+            Ok(GsfPage::new(blocks, last).ended(ended))
         })
         .await
     }
@@ -776,7 +778,8 @@ impl Snapshot for EmbeddedSnapshot {
 /// after `resume`, up to `limit` (grains, and the payload bytes `visit` reports for
 /// each). A grain that fails after good ones ends the page before it: the next page
 /// starts at it and reports the error, so a reader gets everything up to the damage.
-/// Returns the last grain visited.
+/// Returns the last grain visited, and whether the range ended with the page (it ran out
+/// before the limit or a damaged grain was met).
 fn scan_page(
     txn: &ReadTransaction,
     flow: u128,
@@ -785,9 +788,9 @@ fn scan_page(
     resume: Option<Timestamp>,
     limit: PageLimit,
     mut visit: impl FnMut(Timestamp, &[u8]) -> Result<usize, StoreError>,
-) -> Result<Option<Timestamp>, StoreError> {
+) -> Result<(Option<Timestamp>, bool), StoreError> {
     let Some(keys) = key_range(flow, range, order, resume) else {
-        return Ok(None);
+        return Ok((None, true));
     };
     let table = txn.open_table(GRAINS).map_err(engine)?;
     let from = entries_from(&table, flow, keys.0)?;
@@ -800,13 +803,13 @@ fn scan_page(
     for entry in entries {
         let (key, value) = match entry.map_err(engine) {
             Ok(entry) => entry,
-            Err(_) if grains > 0 => break,
+            Err(_) if grains > 0 => return Ok((last, false)),
             Err(e) => return Err(e),
         };
         let key = key.value().1;
         let entry = match record::Entry::read(key, value.value()) {
             Ok(entry) => entry,
-            Err(_) if grains > 0 => break,
+            Err(_) if grains > 0 => return Ok((last, false)),
             Err(e) => return Err(at_key(key, e)),
         };
         let n = entry.len();
@@ -830,15 +833,15 @@ fn scan_page(
                     grains += 1;
                     bytes += len;
                     if grains >= limit.grains || bytes >= limit.bytes {
-                        return Ok(last);
+                        return Ok((last, false));
                     }
                 }
-                Err(_) if grains > 0 => return Ok(last),
+                Err(_) if grains > 0 => return Ok((last, false)),
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok(last)
+    Ok((last, true))
 }
 
 /// Adds the stored grain `raw` to `blocks`, its payload read and checked; returns the

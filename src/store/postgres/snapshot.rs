@@ -12,7 +12,7 @@ use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error,
 use crate::grain::wire::stored_gbhd;
 use crate::grain::{Grain, GrainHeader};
 use crate::gsf::GsfBlocks;
-use crate::store::{FlowId, GsfPage, Order, PageLimit, Snapshot, StoreError};
+use crate::store::{FlowId, GrainPage, GsfPage, Order, PageLimit, Snapshot, StoreError};
 use crate::time::{Bound, TimeRange, Timestamp};
 
 /// The columns of a grain row, in the order [`StoredGrain::from_row`] reads them; the
@@ -362,12 +362,16 @@ impl Snapshot for PgSnapshot {
         resume: Option<Timestamp>,
         limit: PageLimit,
         with_payload: bool,
-    ) -> Result<Vec<Grain>, StoreError> {
-        let stored = self
+    ) -> Result<GrainPage, StoreError> {
+        let (stored, ended) = self
             .stored_page(range, order, resume, limit, with_payload)
             .await?;
         if !with_payload {
-            return stored.iter().map(StoredGrain::bare).collect();
+            let grains = stored
+                .iter()
+                .map(StoredGrain::bare)
+                .collect::<Result<_, _>>()?;
+            return Ok(GrainPage { grains, ended });
         }
         let mut grains = Vec::with_capacity(stored.len());
         for loaded in load(&self.shared, &stored).await? {
@@ -375,11 +379,16 @@ impl Snapshot for PgSnapshot {
                 Ok(grain) => grains.push(grain),
                 // Hand out the good grains before a failing one: the next page starts
                 // at it and reports the error.
-                Err(_) if !grains.is_empty() => break,
+                Err(_) if !grains.is_empty() => {
+                    return Ok(GrainPage {
+                        grains,
+                        ended: false,
+                    });
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(grains)
+        Ok(GrainPage { grains, ended })
     }
 
     /// The rows' headers hold the grains' GSF `gbhd` blocks as written: the blocks are
@@ -392,7 +401,7 @@ impl Snapshot for PgSnapshot {
         limit: PageLimit,
         local_id: u16,
     ) -> Result<GsfPage, StoreError> {
-        let stored = self.stored_page(range, order, resume, limit, true).await?;
+        let (stored, mut ended) = self.stored_page(range, order, resume, limit, true).await?;
         let payloads = load_payload_pieces(&self.shared, &stored).await?;
         let mut blocks = GsfBlocks::new(local_id);
         let mut last = None;
@@ -411,17 +420,21 @@ impl Snapshot for PgSnapshot {
             match added {
                 Ok(()) => last = Some(s.timestamp),
                 // As `page`: the good grains first, the error on the next page.
-                Err(_) if !blocks.is_empty() => break,
+                Err(_) if !blocks.is_empty() => {
+                    ended = false;
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(GsfPage::new(blocks, last))
+        Ok(GsfPage::new(blocks, last).ended(ended))
     }
 }
 
 impl PgSnapshot {
     /// The grains of the next page, cut at the byte limit (counting payloads only when
-    /// `with_payload`), no object payload fetched yet.
+    /// `with_payload`), no object payload fetched yet, and whether the range ended with
+    /// them (see [`GrainPage::ended`]).
     ///
     /// Rows are read in rounds, since a row may hold one grain or a run of many: the
     /// first asks for a sixteenth of the page's grains in rows, each next one (from where
@@ -434,10 +447,10 @@ impl PgSnapshot {
         resume: Option<Timestamp>,
         limit: PageLimit,
         with_payload: bool,
-    ) -> Result<Vec<StoredGrain>, StoreError> {
+    ) -> Result<(Vec<StoredGrain>, bool), StoreError> {
         let rest = order.rest_of(&range, resume);
         let Some((mut lo, mut hi)) = rest.bounds() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), true));
         };
         let want = limit.grains.max(1);
         let mut rows_wanted = want.div_ceil(16);
@@ -448,6 +461,8 @@ impl PgSnapshot {
         let (mut counted, mut counted_bytes) = (0usize, 0usize);
         // The first row in the page's order that failed to decode: its span, its error.
         let mut damaged: Option<(Timestamp, Timestamp, StoreError)> = None;
+        // Whether the last round found fewer rows than it asked for: none are left.
+        let mut rows_ran_out;
         loop {
             let rows = self
                 .rows(lo, hi, order, rows_wanted, first, with_payload)
@@ -489,11 +504,12 @@ impl PgSnapshot {
             }
             first = false;
             counted += counted_now;
+            rows_ran_out = keyed_in_range < rows_wanted;
             let full = counted >= want || (with_payload && counted_bytes >= limit.bytes);
             let (Some(cursor), false, None) = (cursor, full, &damaged) else {
                 break;
             };
-            if keyed_in_range < rows_wanted {
+            if rows_ran_out {
                 break;
             }
             match order {
@@ -505,6 +521,7 @@ impl PgSnapshot {
                 .div_ceil(counted_now.max(keyed_in_range))
                 .max(1);
         }
+        let mut ended = rows_ran_out && damaged.is_none();
         // A damaged row: the grains before it in the page's order, the error on the
         // next page (or now, if there are none).
         if let Some((key, last, e)) = damaged {
@@ -520,11 +537,11 @@ impl PgSnapshot {
             Order::Ascending => found.sort_unstable_by_key(|s| s.timestamp),
             Order::Descending => found.sort_unstable_by_key(|s| std::cmp::Reverse(s.timestamp)),
         }
-        found.truncate(want);
-        // Cut the page at the byte limit before fetching anything.
+        // Cut the page at its grain count, then at the byte limit before fetching
+        // anything; a page cut short leaves grains for the next one.
+        let mut keep = found.len().min(want);
         let mut bytes = 0usize;
-        let mut keep = found.len();
-        for (i, s) in found.iter().enumerate() {
+        for (i, s) in found[..keep].iter().enumerate() {
             if with_payload {
                 bytes = bytes.saturating_add(usize::try_from(s.len).unwrap_or(usize::MAX));
             }
@@ -533,8 +550,9 @@ impl PgSnapshot {
                 break;
             }
         }
+        ended &= keep == found.len();
         found.truncate(keep);
-        Ok(found)
+        Ok((found, ended))
     }
 
     /// At most `count` rows keyed within (`lo`, `hi`) in `order`, and, with
