@@ -194,7 +194,7 @@ pub trait Snapshot: Send + Sync + 'static {
             blocks.push(grain);
         }
         let last = page.grains.last().map(Grain::origin_timestamp);
-        Ok(GsfPage::new(blocks, last).ended(page.ended))
+        Ok(GsfPage::new(blocks, last).with_ended(page.ended))
     }
 }
 
@@ -206,7 +206,8 @@ pub struct GrainPage {
     /// Whether the snapshot holds no grain of the range after these: the next page
     /// would be empty, so a reader need not ask for it. Only ever true when that is so;
     /// a page that stops short of its limit because the range ran out (not at a
-    /// damaged grain, whose error the next page reports) must say it.
+    /// damaged grain, whose error the next page reports) must say it. It speaks of the
+    /// range only: a page cut by a query's count may say either.
     pub ended: bool,
 }
 
@@ -235,7 +236,7 @@ impl GsfPage {
     }
 
     /// The same page, saying whether it ends the range (see [`GrainPage::ended`]).
-    pub fn ended(mut self, ended: bool) -> GsfPage {
+    pub fn with_ended(mut self, ended: bool) -> GsfPage {
         self.ended = ended;
         self
     }
@@ -398,12 +399,15 @@ impl ReadSession {
 
     /// One page of the grains matching `query` (strictly after `resume` in its order),
     /// as [`ReadSession::grains`] pulls them: at most the session's page limit, and at
-    /// most `query.count` grains.
+    /// most `query.count` grains (a count of 0 gives an empty page without reading).
     pub async fn page(
         &self,
         query: &GrainQuery,
         resume: Option<Timestamp>,
     ) -> Result<GrainPage, StoreError> {
+        if query.count == Some(0) {
+            return Ok(GrainPage::default());
+        }
         let limit = next_page_limit(self.page, query, 0);
         self.snapshot
             .page(query.range, query.order, resume, limit, query.with_payload)

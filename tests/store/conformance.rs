@@ -707,6 +707,8 @@ pub async fn pages_say_when_the_range_ended(make: impl MakeStore) {
             // Cut by the query's count: more follow.
             let page = base.page(&q("_", Some(3)), None).await.unwrap();
             assert_eq!((page.grains.len(), page.ended), (3, false), "count, {what}");
+            let page = base.page(&q("_", Some(0)), None).await.unwrap();
+            assert!(page.grains.is_empty(), "count 0, {what}");
         }
         // Cut by bytes (100-byte payloads, 250 bytes a page): more follow.
         let session = base.clone().with_page_limit(PageLimit {

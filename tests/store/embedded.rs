@@ -104,6 +104,8 @@ async fn corrupt_segment_byte_fails_the_read() {
         Some(Err(StoreError::Corrupt(_)))
     ));
     drop(stream);
+    assert_pages_stop_at_damage(&session, tr("_"), Order::Ascending, 1).await;
+    assert_pages_stop_at_damage(&session, tr("_"), Order::Descending, 1).await;
     // Without its payload the grain's header is still readable.
     let bare = session.get(secs(1), false).await.unwrap().unwrap();
     assert_eq!(with_creation(bare, None).header(), sent[1].header());
@@ -337,6 +339,8 @@ async fn damaged_run_directory_fails_its_grains_only() {
         collect(&session, GrainQuery::all()).await,
         Err(StoreError::Corrupt(_))
     ));
+    // Backwards, the intact run's grains come first, then the damaged run's error.
+    assert_pages_stop_at_damage(&session, tr("_"), Order::Descending, 5).await;
     let later = collect(&session, query(tr("[10:0_)"), Order::Ascending, None)).await;
     assert_eq!(
         stamps(&later.unwrap()),

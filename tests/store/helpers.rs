@@ -243,3 +243,32 @@ pub fn assert_stored(stored: &Grain, sent: &Grain) {
         assert_eq!(stored.creation_timestamp(), sent.creation_timestamp());
     }
 }
+
+/// Asserts that the first page of `range` in `order` holds the `good` grains before a
+/// damaged one and does not say that the range ended, and that the page after it fails
+/// as corrupt: for grain pages and for GSF pages.
+pub async fn assert_pages_stop_at_damage(
+    session: &ReadSession,
+    range: TimeRange,
+    order: Order,
+    good: usize,
+) {
+    use futures::StreamExt;
+    let query = query(range, order, None);
+    let page = session.page(&query, None).await.unwrap();
+    assert_eq!((page.grains.len(), page.ended), (good, false), "grain page");
+    let resume = page.grains.last().map(Grain::origin_timestamp);
+    let next = session.page(&query, resume).await;
+    assert!(
+        matches!(next, Err(StoreError::Corrupt(_))),
+        "the page after: {next:?}"
+    );
+    let mut pages = session.gsf_pages(query, 1);
+    let page = pages.next().await.unwrap().unwrap();
+    assert_eq!((page.grains, page.ended), (good, false), "GSF page");
+    let next = pages.next().await;
+    assert!(
+        matches!(next, Some(Err(StoreError::Corrupt(_)))),
+        "the GSF page after: {next:?}"
+    );
+}

@@ -768,7 +768,7 @@ impl Snapshot for EmbeddedSnapshot {
                 scan_page(txn, flow, &range, order, resume, limit, |timestamp, raw| {
                     add_gsf_block(s, &mut blocks, timestamp, raw)
                 })?;
-            Ok(GsfPage::new(blocks, last).ended(ended))
+            Ok(GsfPage::new(blocks, last).with_ended(ended))
         })
         .await
     }
@@ -778,8 +778,8 @@ impl Snapshot for EmbeddedSnapshot {
 /// after `resume`, up to `limit` (grains, and the payload bytes `visit` reports for
 /// each). A grain that fails after good ones ends the page before it: the next page
 /// starts at it and reports the error, so a reader gets everything up to the damage.
-/// Returns the last grain visited, and whether the range ended with the page (it ran out
-/// before the limit or a damaged grain was met).
+/// Returns the last grain visited, and whether the range ended with the page: it ran out
+/// before the limit was reached and no damaged grain was met.
 fn scan_page(
     txn: &ReadTransaction,
     flow: u128,

@@ -427,7 +427,7 @@ impl Snapshot for PgSnapshot {
                 Err(e) => return Err(e),
             }
         }
-        Ok(GsfPage::new(blocks, last).ended(ended))
+        Ok(GsfPage::new(blocks, last).with_ended(ended))
     }
 }
 
@@ -461,7 +461,8 @@ impl PgSnapshot {
         let (mut counted, mut counted_bytes) = (0usize, 0usize);
         // The first row in the page's order that failed to decode: its span, its error.
         let mut damaged: Option<(Timestamp, Timestamp, StoreError)> = None;
-        // Whether the last round found fewer rows than it asked for: none are left.
+        // Whether the last round found fewer rows keyed in the range than it asked for:
+        // none are left but damaged ones (which `damaged` records).
         let mut rows_ran_out;
         loop {
             let rows = self
