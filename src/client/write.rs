@@ -5,8 +5,9 @@
 //! (`reqwest::Body::wrap_stream`): `write` encodes the grain (header chunk + the payload
 //! `Bytes`, not copied) and sends it down the channel, so a slow server slows the writer
 //! instead of growing its memory. Small chunks already queued when the connection takes
-//! the next are joined into one body frame (`coalesced`). A request ends at `flush`, at `close`, or when it
-//! reaches the configured batch size, and the next `write` starts another.
+//! the next are joined into one body frame (`coalesced`). A request ends at `flush`, at
+//! `close`, or when it reaches the configured batch size, and the next `write` starts
+//! another.
 //!
 //! Retries are safe because re-sending a grain identical to a stored one is a no-op on
 //! the server: the writer keeps the chunks of the request in flight (references, not

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use deadpool_postgres::tokio_postgres::{AsyncMessage, Client};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -37,8 +37,9 @@ const EVENT_TYPES: &[&str] = &[
     "sources/deleted",
 ];
 
-/// An event as recorded and sent in notifications.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// An event as recorded and sent in notifications (built in SQL by the event's insert,
+/// read here).
+#[derive(Clone, Debug, Deserialize)]
 pub struct Wire {
     /// The event id (the `events` row id).
     pub id: i64,
@@ -59,7 +60,7 @@ pub struct Wire {
 }
 
 /// A notification's payload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Note {
     /// The instance that committed.
     o: Uuid,
