@@ -638,6 +638,85 @@ async fn concurrent_writers_of_one_flow_neither_duplicate_nor_lose() {
     }
 }
 
+/// A replica remembers the flows it saw writable, so that opening a write session needs no
+/// query; a flow made read-only or deleted through any replica is refused all the same
+/// (at the commit's own check until the change's notification arrives, at the open
+/// after), and through the replica itself at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn flows_changed_on_any_replica_are_checked_again_before_writes() {
+    let schema = fresh_schema();
+    let open = || {
+        open_with(settings(
+            StoreSetup::default(),
+            &schema,
+            s3_objects(&schema),
+        ))
+    };
+    let ((a, _guard), (b, _same)) = (open().await, open().await);
+    let flow = create(&a, video_flow()).await;
+    let with_read_only = |read_only| {
+        let mut flow = flow.clone();
+        flow.read_only = read_only;
+        flow
+    };
+    let grain = |s| [frame(&flow, secs(s), 100, 1)];
+    // A has seen the flow writable.
+    write(&a, flow.id, grain(0)).await.unwrap();
+
+    // Read-only through B: A's writes are refused at once, soon at the open.
+    b.put_flow(with_read_only(true)).await.unwrap();
+    let refused = write(&a, flow.id, grain(1)).await;
+    assert!(
+        matches!(refused, Err(StoreError::ReadOnly(_))),
+        "{refused:?}"
+    );
+    // (Well inside the time after which A would look the flow up again anyway.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.open_write(flow.id).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A opens writes to a read-only flow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Writable again through B: A writes (and remembers the flow again).
+    b.put_flow(with_read_only(false)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while write(&a, flow.id, grain(2)).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still refuses a writable flow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Read-only through A itself: refused at the open, at once.
+    a.put_flow(with_read_only(true)).await.unwrap();
+    assert!(matches!(
+        a.open_write(flow.id).await,
+        Err(StoreError::ReadOnly(_))
+    ));
+    a.put_flow(with_read_only(false)).await.unwrap();
+    write(&a, flow.id, grain(3)).await.unwrap();
+
+    // Deleted through B: A's writes find no flow.
+    assert!(b.delete_flow(flow.id).await.unwrap());
+    let refused = write(&a, flow.id, grain(4)).await;
+    assert!(
+        matches!(refused, Err(StoreError::FlowNotFound(_))),
+        "{refused:?}"
+    );
+    // Deleted through A: refused at the open, at once.
+    let again = create(&a, with_read_only(false)).await;
+    write(&a, again.id, grain(5)).await.unwrap();
+    assert!(a.delete_flow(again.id).await.unwrap());
+    assert!(matches!(
+        a.open_write(again.id).await,
+        Err(StoreError::FlowNotFound(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
 async fn replicas_share_grains_watches_and_events() {

@@ -50,6 +50,7 @@ mod runs;
 mod schema;
 mod snapshot;
 mod tls;
+mod writable;
 mod writer;
 
 use std::sync::Arc;
@@ -412,6 +413,8 @@ struct Shared {
     event_retention: usize,
     /// See [`PostgresConfig::answer_within`].
     answer_within: Duration,
+    /// Flows recently seen writable (see [`writable`]).
+    writable: writable::Writable,
 }
 
 /// Takes a flow's lock ([`Shared::lock_flow`]); parameters from [`Shared::flow_lock_key`].
@@ -559,6 +562,7 @@ impl PostgresStore {
             gc_grace: config.gc_grace,
             event_retention: config.event_retention,
             answer_within: config.answer_within,
+            writable: writable::Writable::default(),
         });
         let stop = CancellationToken::new();
         let ready = listener::start(shared.clone(), stop.clone());
@@ -802,7 +806,10 @@ impl Store for PostgresStore {
             body: resource,
         });
         record_events(&self.shared, &txn, &events).await?;
-        txn.commit().await.map_err(pg_error)?;
+        // Forgotten whether or not the commit's answer arrives: it may have committed.
+        let committed = txn.commit().await;
+        self.shared.writable.changed(flow.id);
+        committed.map_err(pg_error)?;
         Ok(if previous.is_some() {
             PutOutcome::Updated
         } else {
@@ -853,7 +860,9 @@ impl Store for PostgresStore {
             body: serde_json::json!({ "flow_id": id }),
         }];
         record_events(&self.shared, &txn, &events).await?;
-        txn.commit().await.map_err(pg_error)?;
+        let committed = txn.commit().await;
+        self.shared.writable.changed(id);
+        committed.map_err(pg_error)?;
         // Live readers of the flow must learn that it is gone.
         self.shared.notifier.notify(id);
         Ok(true)
@@ -982,22 +991,28 @@ impl Store for PostgresStore {
         Ok(ReadSession::new(flow, Arc::new(snapshot), permit))
     }
 
+    /// The flow is checked here so that an upload to an unknown or read-only flow is
+    /// refused before its body is read, unless it was seen writable a moment ago (see
+    /// [`writable`]); every commit checks it again in its transaction, and that decides.
     async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError> {
         let permit = self.sessions.acquire().await?;
-        let read_only = self
-            .read(|client| async move {
-                let check = client
-                    .prepare_cached("SELECT read_only FROM flows WHERE id = $1")
-                    .await
-                    .map_err(pg_error)?;
-                let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
-                Ok(row.map(|r| r.get::<_, bool>(0)))
-            })
-            .await?;
-        match read_only {
-            None => return Err(StoreError::FlowNotFound(flow)),
-            Some(true) => return Err(StoreError::ReadOnly(flow)),
-            Some(false) => {}
+        if !self.shared.writable.recently(flow) {
+            let generation = self.shared.writable.generation();
+            let read_only = self
+                .read(|client| async move {
+                    let check = client
+                        .prepare_cached("SELECT read_only FROM flows WHERE id = $1")
+                        .await
+                        .map_err(pg_error)?;
+                    let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
+                    Ok(row.map(|r| r.get::<_, bool>(0)))
+                })
+                .await?;
+            match read_only {
+                None => return Err(StoreError::FlowNotFound(flow)),
+                Some(true) => return Err(StoreError::ReadOnly(flow)),
+                Some(false) => self.shared.writable.saw(flow, generation),
+            }
         }
         let writer = writer::PgWriter::new(self.shared.clone(), flow);
         Ok(WriteSession::new(flow, Arc::new(writer), permit))
