@@ -1,7 +1,9 @@
 //! Store sessions as axum extractors. A handler that takes a [`FlowRead`] or [`FlowWrite`]
 //! gets a session on the flow of its path, opened before the handler runs: an unknown
-//! flow is a 404, a read-only flow refuses a write session with 403, and a full session
-//! pool answers 503 with `Retry-After` instead of waiting long. The session is released
+//! flow is a 404, a read-only flow refuses a write session with 403 (on the postgres
+//! backend, a flow that was writable a moment ago may instead be refused by the first
+//! commit, with the same status), and a full session pool answers 503 with
+//! `Retry-After` instead of waiting long. The session is released
 //! when the handler drops it or when the response stream that owns it ends, however it
 //! ends (finished, failed, or the client gone).
 

@@ -297,6 +297,14 @@ pub trait GrainWriter: Send + Sync + 'static {
     /// Stores `grains` atomically up to the first conflict: the grains before it are
     /// durable when this returns, that one and those after it are not stored.
     async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError>;
+
+    /// Confirms that the flow still takes writes, for a session whose first commit has
+    /// nothing to store (a commit checks the flow itself): [`StoreError::FlowNotFound`]
+    /// or [`StoreError::ReadOnly`] if not. The default trusts the check made when the
+    /// session was opened.
+    async fn confirm(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store of flows, sources and grains.
@@ -333,7 +341,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Opens a consistent snapshot of a flow's grains.
     async fn open_read(&self, flow: FlowId) -> Result<ReadSession, StoreError>;
-    /// Opens a write session on a flow (refused for unknown and read-only flows).
+    /// Opens a write session on a flow, refused for unknown and read-only flows; a
+    /// backend may take a flow it found writable a moment ago as writable still, since
+    /// every commit checks the flow again (and the first one does even with nothing to
+    /// store, through [`GrainWriter::confirm`]).
     async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError>;
     /// Deletes the grains of a flow whose origin timestamps are in `range`; returns how
     /// many were deleted. Refused for read-only flows.
@@ -586,6 +597,8 @@ pub struct WriteSession {
     staged_bytes: usize,
     limit: StageLimit,
     totals: BatchOutcome,
+    /// Whether a commit has been started.
+    committed_once: bool,
     _permit: SessionPermit,
 }
 
@@ -599,6 +612,7 @@ impl WriteSession {
             staged_bytes: 0,
             limit: DEFAULT_STAGE,
             totals: BatchOutcome::default(),
+            committed_once: false,
             _permit: permit,
         }
     }
@@ -656,8 +670,14 @@ impl WriteSession {
         let grains = std::mem::take(&mut self.staged);
         self.staged_bytes = 0;
         let writer = self.writer.clone();
+        // The first commit answers for the flow: by storing (which checks it), or, with
+        // nothing to store, by asking the backend to confirm it.
+        let first = !std::mem::replace(&mut self.committed_once, true);
         async move {
             if grains.is_empty() {
+                if first {
+                    writer.confirm().await?;
+                }
                 return Ok(BatchResult {
                     outcome: BatchOutcome::default(),
                     conflict: None,

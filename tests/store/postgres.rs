@@ -638,6 +638,80 @@ async fn concurrent_writers_of_one_flow_neither_duplicate_nor_lose() {
     }
 }
 
+/// A flow the replica found writable a moment ago opens for writing without a lookup, and
+/// the commit still decides: changed behind the service's back (no event tells the
+/// replica), its writes are refused by the commit's own check, small grains, grains for
+/// the object store and a commit of nothing alike, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn a_flow_taken_as_writable_is_still_checked_by_the_commit() {
+    let (store, _guard, db, _) = s3_store_and_sql().await;
+    let (_, _, mut events) = store.events().subscribe(None);
+    // Shows the replica `flow` writable once its own events up to `last` have come back
+    // through the listener (which forgets a flow at each of its events).
+    let mut seen_writable = async |flow: &grainstore::store::Flow, last: &str| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let event = events.recv().await.expect("the log goes on");
+                if event.event_type == last && event.flow_id == Some(flow.id) {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the flow's events came back");
+        drop(store.open_write(flow.id).await.unwrap());
+    };
+    let flow = create(&store, video_flow()).await;
+    write(&store, flow.id, [frame(&flow, secs(0), 100, 1)])
+        .await
+        .unwrap();
+    seen_writable(&flow, "flows/grains_added").await;
+    db.execute(
+        "UPDATE flows SET read_only = true WHERE id = $1",
+        &[&flow.id],
+    )
+    .await
+    .unwrap();
+    for (s, len) in [(Some(1), 100), (Some(2), 50_000), (None, 0)] {
+        let mut session = store
+            .open_write(flow.id)
+            .await
+            .expect("opened on what the replica saw");
+        if let Some(s) = s {
+            session.stage(frame(&flow, secs(s), len, 1)).unwrap();
+        }
+        let refused = session.commit().await;
+        assert!(
+            matches!(refused, Err(StoreError::ReadOnly(_))),
+            "{len}-byte grain: {refused:?}"
+        );
+    }
+    let other = create(&store, video_flow()).await;
+    seen_writable(&other, "flows/created").await;
+    db.execute("DELETE FROM flows WHERE id = $1", &[&other.id])
+        .await
+        .unwrap();
+    for s in [Some(0), None] {
+        let mut session = store.open_write(other.id).await.expect("opened");
+        if let Some(s) = s {
+            session.stage(frame(&other, secs(s), 100, 1)).unwrap();
+        }
+        let refused = session.commit().await;
+        assert!(
+            matches!(refused, Err(StoreError::FlowNotFound(_))),
+            "{refused:?}"
+        );
+    }
+    db.execute(
+        "UPDATE flows SET read_only = false WHERE id = $1",
+        &[&flow.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stamps(&read_all(&store, flow.id).await), [secs(0)]);
+}
+
 /// A replica remembers the flows it saw writable, so that opening a write session needs no
 /// query; a flow made read-only or deleted through any replica is refused all the same
 /// (at the commit's own check until the change's notification arrives, at the open

@@ -417,6 +417,24 @@ struct Shared {
     writable: writable::Writable,
 }
 
+/// Whether `flow` takes writes now: [`StoreError::FlowNotFound`] or
+/// [`StoreError::ReadOnly`] if not.
+async fn check_writable(
+    client: &deadpool_postgres::Object,
+    flow: FlowId,
+) -> Result<(), StoreError> {
+    let check = client
+        .prepare_cached("SELECT read_only FROM flows WHERE id = $1")
+        .await
+        .map_err(pg_error)?;
+    let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => Err(StoreError::FlowNotFound(flow)),
+        Some(true) => Err(StoreError::ReadOnly(flow)),
+        Some(false) => Ok(()),
+    }
+}
+
 /// Takes a flow's lock ([`Shared::lock_flow`]); parameters from [`Shared::flow_lock_key`].
 const LOCK_FLOW: &str = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)";
 
@@ -996,25 +1014,14 @@ impl Store for PostgresStore {
     /// [`writable`]); every commit checks it again in its transaction, and that decides.
     async fn open_write(&self, flow: FlowId) -> Result<WriteSession, StoreError> {
         let permit = self.sessions.acquire().await?;
-        if !self.shared.writable.recently(flow) {
+        let checked = !self.shared.writable.recently(flow);
+        if checked {
             let generation = self.shared.writable.generation();
-            let read_only = self
-                .read(|client| async move {
-                    let check = client
-                        .prepare_cached("SELECT read_only FROM flows WHERE id = $1")
-                        .await
-                        .map_err(pg_error)?;
-                    let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
-                    Ok(row.map(|r| r.get::<_, bool>(0)))
-                })
+            self.read(|client| async move { check_writable(&client, flow).await })
                 .await?;
-            match read_only {
-                None => return Err(StoreError::FlowNotFound(flow)),
-                Some(true) => return Err(StoreError::ReadOnly(flow)),
-                Some(false) => self.shared.writable.saw(flow, generation),
-            }
+            self.shared.writable.saw(flow, generation);
         }
-        let writer = writer::PgWriter::new(self.shared.clone(), flow);
+        let writer = writer::PgWriter::new(self.shared.clone(), flow, checked);
         Ok(WriteSession::new(flow, Arc::new(writer), permit))
     }
 

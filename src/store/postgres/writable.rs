@@ -24,7 +24,8 @@ use crate::store::FlowId;
 /// How long a flow seen writable is taken as writable without asking again.
 pub const TTL: Duration = Duration::from_secs(10);
 
-/// Above this many entries, expired ones are dropped when one is added.
+/// At this many entries, expired ones are dropped when one is added (and all of them if
+/// more than half are live).
 const PRUNE_ABOVE: usize = 4096;
 
 /// The flows seen writable, and the generation of flow changes.
@@ -57,6 +58,11 @@ impl Writable {
         }
         if seen.len() >= PRUNE_ABOVE {
             seen.retain(|_, at| at.elapsed() < TTL);
+            // Still full of live entries: forgetting is always safe, and the map is not
+            // scanned again for every flow added.
+            if seen.len() >= PRUNE_ABOVE / 2 {
+                seen.clear();
+            }
         }
         seen.insert(flow, Instant::now());
     }
@@ -114,8 +120,19 @@ mod tests {
         }
         let flow = FlowId::new_v4();
         writable.saw(flow, writable.generation());
+        {
+            let seen = writable.seen.lock().unwrap();
+            assert_eq!(seen.len(), 1, "the expired entries went");
+            assert!(seen.contains_key(&flow));
+        }
+        // Full of live entries: all are forgotten, the new one kept.
+        for _ in 1..PRUNE_ABOVE {
+            writable.saw(FlowId::new_v4(), writable.generation());
+        }
+        let flow = FlowId::new_v4();
+        writable.saw(flow, writable.generation());
         let seen = writable.seen.lock().unwrap();
-        assert_eq!(seen.len(), 1, "the expired entries went");
+        assert_eq!(seen.len(), 1);
         assert!(seen.contains_key(&flow));
     }
 }

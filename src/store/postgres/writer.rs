@@ -254,12 +254,19 @@ const MAX_ATTEMPTS: usize = 8;
 pub struct PgWriter {
     shared: Arc<Shared>,
     flow: FlowId,
+    /// Whether the flow was looked up when the session opened (not taken as writable
+    /// from [`super::writable`]).
+    checked: bool,
 }
 
 impl PgWriter {
-    /// A writer of `flow`.
-    pub fn new(shared: Arc<Shared>, flow: FlowId) -> PgWriter {
-        PgWriter { shared, flow }
+    /// A writer of `flow`, `checked` when the flow was looked up as the session opened.
+    pub fn new(shared: Arc<Shared>, flow: FlowId, checked: bool) -> PgWriter {
+        PgWriter {
+            shared,
+            flow,
+            checked,
+        }
     }
 }
 
@@ -729,6 +736,16 @@ fn run_groups(
 
 #[async_trait]
 impl GrainWriter for PgWriter {
+    /// A session taken as writable from what this replica saw a moment ago looks the
+    /// flow up now; one looked up when it opened needs nothing more.
+    async fn confirm(&self) -> Result<(), StoreError> {
+        if self.checked {
+            return Ok(());
+        }
+        let client = self.shared.connection().await?;
+        super::check_writable(&client, self.flow).await
+    }
+
     async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
         // A batch of small grains is first inserted as if all its timestamps were new,
         // the case of a writer appending: without the plan's lookup of every timestamp
