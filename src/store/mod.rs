@@ -597,7 +597,7 @@ pub struct WriteSession {
     staged_bytes: usize,
     limit: StageLimit,
     totals: BatchOutcome,
-    /// Whether a commit has been started.
+    /// Whether a commit has succeeded (and so answered for the flow).
     committed_once: bool,
     _permit: SessionPermit,
 }
@@ -672,7 +672,7 @@ impl WriteSession {
         let writer = self.writer.clone();
         // The first commit answers for the flow: by storing (which checks it), or, with
         // nothing to store, by asking the backend to confirm it.
-        let first = !std::mem::replace(&mut self.committed_once, true);
+        let first = !self.committed_once;
         async move {
             if grains.is_empty() {
                 if first {
@@ -694,6 +694,7 @@ impl WriteSession {
         result: Result<BatchResult, StoreError>,
     ) -> Result<BatchOutcome, StoreError> {
         let result = result?;
+        self.committed_once = true;
         self.totals.absorb(result.outcome);
         match result.conflict {
             Some(timestamp) => Err(StoreError::Conflict {

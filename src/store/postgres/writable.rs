@@ -67,7 +67,8 @@ impl Writable {
         seen.insert(flow, Instant::now());
     }
 
-    /// Forgets `flow`, which was updated or deleted (committed).
+    /// Forgets `flow`, which was updated or deleted (committed), or which a commit found
+    /// deleted or read-only.
     pub fn changed(&self, flow: FlowId) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());

@@ -743,10 +743,31 @@ impl GrainWriter for PgWriter {
             return Ok(());
         }
         let client = self.shared.connection().await?;
-        super::check_writable(&client, self.flow).await
+        let checked = super::check_writable(&client, self.flow).await;
+        self.refused(checked)
     }
 
     async fn commit_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
+        let result = self.store_batch(grains).await;
+        self.refused(result)
+    }
+}
+
+impl PgWriter {
+    /// Passes `result` on; one that found the flow deleted or read-only also makes this
+    /// replica forget it as writable, so that the next session looks it up as it opens.
+    fn refused<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(
+            result,
+            Err(StoreError::FlowNotFound(_) | StoreError::ReadOnly(_))
+        ) {
+            self.shared.writable.changed(self.flow);
+        }
+        result
+    }
+
+    /// Commits `grains` (see [`GrainWriter::commit_batch`]).
+    async fn store_batch(&self, grains: Vec<Grain>) -> Result<BatchResult, StoreError> {
         // A batch of small grains is first inserted as if all its timestamps were new,
         // the case of a writer appending: without the plan's lookup of every timestamp
         // and with a plain insert, which takes every row or fails at the first taken
