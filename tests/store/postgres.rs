@@ -674,24 +674,10 @@ async fn a_flow_taken_as_writable_is_still_checked_by_the_commit() {
     )
     .await
     .unwrap();
-    for (s, len) in [(Some(1), 100), (Some(2), 50_000), (None, 0)] {
-        let mut session = store
-            .open_write(flow.id)
-            .await
-            .expect("opened on what the replica saw");
-        if let Some(s) = s {
-            session.stage(frame(&flow, secs(s), len, 1)).unwrap();
-        }
-        let refused = session.commit().await;
-        assert!(
-            matches!(refused, Err(StoreError::ReadOnly(_))),
-            "{len}-byte grain: {refused:?}"
-        );
-        // Refused once, the flow is looked up at the next open.
-        assert!(matches!(
-            store.open_write(flow.id).await,
-            Err(StoreError::ReadOnly(_))
-        ));
+    for grain in [Some((1, 100)), Some((2, 50_000)), None] {
+        let grain = grain.map(|(s, len)| frame(&flow, secs(s), len, 1));
+        let refused = refused_commit(&store, flow.id, grain).await;
+        assert!(matches!(refused, StoreError::ReadOnly(_)), "{refused:?}");
         seen_writable_again(&store, &db, flow.id).await;
     }
     for s in [Some(0), None] {
@@ -700,19 +686,12 @@ async fn a_flow_taken_as_writable_is_still_checked_by_the_commit() {
         db.execute("DELETE FROM flows WHERE id = $1", &[&other.id])
             .await
             .unwrap();
-        let mut session = store.open_write(other.id).await.expect("opened");
-        if let Some(s) = s {
-            session.stage(frame(&other, secs(s), 100, 1)).unwrap();
-        }
-        let refused = session.commit().await;
+        let grain = s.map(|s| frame(&other, secs(s), 100, 1));
+        let refused = refused_commit(&store, other.id, grain).await;
         assert!(
-            matches!(refused, Err(StoreError::FlowNotFound(_))),
+            matches!(refused, StoreError::FlowNotFound(_)),
             "{refused:?}"
         );
-        assert!(matches!(
-            store.open_write(other.id).await,
-            Err(StoreError::FlowNotFound(_))
-        ));
     }
     db.execute(
         "UPDATE flows SET read_only = false WHERE id = $1",
@@ -721,6 +700,35 @@ async fn a_flow_taken_as_writable_is_still_checked_by_the_commit() {
     .await
     .unwrap();
     assert_eq!(stamps(&read_all(&store, flow.id).await), [secs(0)]);
+}
+
+/// Opens a write session on `flow` from what `store` saw (the open must not refuse it),
+/// commits `grain` or nothing, and returns the commit's refusal; the next open, which
+/// looks the flow up again, must refuse it alike.
+async fn refused_commit(
+    store: &PostgresStore,
+    flow: FlowId,
+    grain: Option<grainstore::grain::Grain>,
+) -> StoreError {
+    let mut session = store
+        .open_write(flow)
+        .await
+        .expect("opened on what the replica saw");
+    if let Some(grain) = grain {
+        session.stage(grain).unwrap();
+    }
+    let refused = session.commit().await.expect_err("the commit refuses");
+    let again = store
+        .open_write(flow)
+        .await
+        .err()
+        .expect("the next open refuses");
+    assert_eq!(
+        std::mem::discriminant(&again),
+        std::mem::discriminant(&refused),
+        "{again:?} after {refused:?}"
+    );
+    refused
 }
 
 /// Shows `store` the flow writable (a session opened while `read_only` is off), then makes

@@ -290,11 +290,11 @@ fn deliver(shared: &Shared, wire: Wire, origin: Uuid, last: &mut Option<i64>, wa
     let Ok(seq) = u64::try_from(wire.id) else {
         return;
     };
-    let changes_grains = !matches!(*event_type, "flows/created" | "flows/updated");
-    if let Some(flow) = wire
-        .flow
-        .filter(|_| !changes_grains || *event_type == "flows/deleted")
-    {
+    let changes_flow = matches!(
+        *event_type,
+        "flows/created" | "flows/updated" | "flows/deleted"
+    );
+    if let Some(flow) = wire.flow.filter(|_| changes_flow) {
         // From any replica: a write session opened from now on looks the flow up again.
         shared.writable.changed(flow);
     }
@@ -306,6 +306,7 @@ fn deliver(shared: &Shared, wire: Wire, origin: Uuid, last: &mut Option<i64>, wa
         wire.source,
         wire.body,
     );
+    let changes_grains = !matches!(*event_type, "flows/created" | "flows/updated");
     if let Some(flow) = wire
         .flow
         .filter(|_| wake && origin != shared.origin && changes_grains)

@@ -428,6 +428,11 @@ async fn check_writable(
         .await
         .map_err(pg_error)?;
     let row = client.query_opt(&check, &[&flow]).await.map_err(pg_error)?;
+    writable_from(flow, row.as_ref())
+}
+
+/// The answer for `flow` from its `SELECT read_only FROM flows` row, if any.
+fn writable_from(flow: FlowId, row: Option<&tokio_postgres::Row>) -> Result<(), StoreError> {
     match row.map(|r| r.get::<_, bool>(0)) {
         None => Err(StoreError::FlowNotFound(flow)),
         Some(true) => Err(StoreError::ReadOnly(flow)),
@@ -1029,17 +1034,10 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(pg_error)?;
         let row = txn
-            .query_opt(
-                "SELECT read_only FROM flows WHERE id = $1 FOR SHARE",
-                &[&flow],
-            )
+            .query_opt(writer::FLOW_WRITABLE, &[&flow])
             .await
             .map_err(pg_error)?;
-        match row.map(|r| r.get::<_, bool>(0)) {
-            None => return Err(StoreError::FlowNotFound(flow)),
-            Some(true) => return Err(StoreError::ReadOnly(flow)),
-            Some(false) => {}
-        }
+        writable_from(flow, row.as_ref())?;
         let deleted = writer::delete_range(&self.shared, &txn, flow, range).await?;
         if deleted == 0 {
             return Ok(0);

@@ -40,7 +40,7 @@ const INSERT_GRAINS_SKIPPING_TAKEN: &str = concat!(insert_grains!(), " ON CONFLI
 
 /// Whether the flow is writable: `read_only`, none for an unknown flow, taking a shared
 /// lock on the flow's row (a concurrent flow update or delete waits for the commit).
-const FLOW_WRITABLE: &str = "SELECT read_only FROM flows WHERE id = $1 FOR SHARE";
+pub(super) const FLOW_WRITABLE: &str = "SELECT read_only FROM flows WHERE id = $1 FOR SHARE";
 
 /// Whether a stored row of flow `$1` holds a grain within `($2, $3)..=($4, $5)`: a row
 /// keyed in that span, or a run keyed before it that reaches into it.
@@ -501,11 +501,7 @@ impl PgWriter {
         let writable = txn.prepare_cached(FLOW_WRITABLE).await.map_err(pg_error)?;
         let check = async {
             let row = txn.query_opt(&writable, &[&self.flow]).await;
-            match row.map_err(pg_error)?.map(|r| r.get::<_, bool>(0)) {
-                None => Err(StoreError::FlowNotFound(self.flow)),
-                Some(true) => Err(StoreError::ReadOnly(self.flow)),
-                Some(false) => Ok(()),
-            }
+            super::writable_from(self.flow, row.map_err(pg_error)?.as_ref())
         };
         if insert.is_empty() {
             check.await?;
