@@ -702,6 +702,83 @@ async fn a_flow_taken_as_writable_is_still_checked_by_the_commit() {
     assert_eq!(stamps(&read_all(&store, flow.id).await), [secs(0)]);
 }
 
+/// A commit dropped while its transaction waits on the server (a client gone, a request
+/// cancelled) ends that transaction: the connection does not go back to the pool inside
+/// it, holding the flow's locks, and the next commit goes through. Both sizes of grain:
+/// inline, and in an object whose row the transaction had inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn a_commit_dropped_inside_its_transaction_rolls_it_back() {
+    let (store, _guard, blocker, schema) = s3_store_and_sql().await;
+    let store = std::sync::Arc::new(store);
+    let watcher = sql(&schema).await;
+    let flow = create(&*store, video_flow()).await;
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (s, len) in [(0, 100), (2, 50_000)] {
+        // The flow's row locked behind the service's back: the commit's transaction
+        // waits for it at its first statement.
+        blocker.batch_execute("BEGIN").await.unwrap();
+        blocker
+            .execute("SELECT 1 FROM flows WHERE id = $1 FOR UPDATE", &[&flow.id])
+            .await
+            .unwrap();
+        let commit = {
+            let store = store.clone();
+            let grain = frame(&flow, secs(s), len, 1);
+            tokio::spawn(async move { write(&*store, flow.id, [grain]).await })
+        };
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))";
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while watcher
+                .query_one(waiting, &[&blocker_pid])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the commit waits for the row");
+        commit.abort();
+        assert!(commit.await.unwrap_err().is_cancelled());
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        // Once the statements it had sent have run, the dropped transaction ends: nothing
+        // holds the flow's row any more.
+        let free = "SELECT 1 FROM flows WHERE id = $1 FOR UPDATE NOWAIT";
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while watcher.execute(free, &[&flow.id]).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the dropped commit's transaction ended");
+        let grain = frame(&flow, secs(s + 1), len, 1);
+        tokio::time::timeout(Duration::from_secs(10), write(&*store, flow.id, [grain]))
+            .await
+            .expect("the next commit is not held up")
+            .unwrap();
+    }
+    assert_eq!(
+        stamps(&read_all(&*store, flow.id).await),
+        [secs(1), secs(3)]
+    );
+    let objects: i64 = watcher
+        .query_one("SELECT count(*) FROM objects", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        objects, 1,
+        "the dropped commit's object row was rolled back"
+    );
+}
+
 /// Opens a write session on `flow` from what `store` saw (the open must not refuse it),
 /// commits `grain` or nothing, and returns the commit's refusal; the next open, which
 /// looks the flow up again, must refuse it alike.

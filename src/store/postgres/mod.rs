@@ -50,6 +50,7 @@ mod runs;
 mod schema;
 mod snapshot;
 mod tls;
+mod txn;
 mod writable;
 mod writer;
 
@@ -449,7 +450,7 @@ impl Shared {
     /// invariant (see [`runs`]) one after the other.
     async fn lock_flow(
         &self,
-        txn: &deadpool_postgres::Transaction<'_>,
+        txn: &impl deadpool_postgres::GenericClient,
         flow: FlowId,
     ) -> Result<(), StoreError> {
         let lock = txn.prepare_cached(LOCK_FLOW).await.map_err(pg_error)?;
@@ -659,7 +660,7 @@ impl PostgresStore {
 /// server together, in one round trip; they run in order.
 async fn record_events(
     shared: &Shared,
-    txn: &deadpool_postgres::Transaction<'_>,
+    txn: &impl deadpool_postgres::GenericClient,
     events: &[PendingEvent],
 ) -> Result<(), StoreError> {
     if events.is_empty() {

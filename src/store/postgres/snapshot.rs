@@ -8,6 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::tokio_postgres::types::ToSql;
 
+use super::txn::Txn;
 use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error, runs, split};
 use crate::grain::wire::stored_gbhd;
 use crate::grain::{Grain, GrainHeader};
@@ -208,45 +209,24 @@ fn in_place<T>(
 pub struct PgSnapshot {
     flow: FlowId,
     shared: Arc<Shared>,
-    /// Taken by `Drop`, which ends the transaction before the connection goes back.
-    client: Option<deadpool_postgres::Object>,
-}
-
-impl Drop for PgSnapshot {
-    fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            // The connection returns to the pool once the transaction is over.
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(e) = client.batch_execute("ROLLBACK").await {
-                        tracing::debug!(error = %e, "ending a read transaction failed");
-                        drop(deadpool_postgres::Object::take(client));
-                    }
-                });
-            }
-            // No runtime to end it on: close the connection instead of pooling it.
-            Err(_) => drop(deadpool_postgres::Object::take(client)),
-        }
-    }
+    /// The read-only transaction, rolled back when the snapshot is dropped.
+    txn: Txn,
 }
 
 impl PgSnapshot {
     /// Starts the transaction; fails with `FlowNotFound` when the flow does not exist.
     pub async fn open(shared: Arc<Shared>, flow: FlowId) -> Result<PgSnapshot, StoreError> {
-        let client = shared.connection().await?;
         // The snapshot owns the connection before the transaction begins: if this future
         // is dropped (a client gone mid-request) once `BEGIN` is sent, its `Drop` still
         // rolls back, so the connection never returns to the pool inside a read-only
         // transaction where the next writer would fail.
+        let client = shared.connection().await?;
         let snapshot = PgSnapshot {
             flow,
             shared,
-            client: Some(client),
+            txn: Txn::new(client),
         };
-        let client = snapshot.client()?;
+        let client = snapshot.client();
         // Prepared once per connection: `BEGIN` and the flow check then go to the server
         // together, in one round trip, and run in order. The snapshot is taken at the
         // check, the transaction's first query.
@@ -256,7 +236,9 @@ impl PgSnapshot {
             .map_err(pg_error)?;
         let params: [&(dyn ToSql + Sync); 1] = [&flow];
         let (begun, exists) = futures::join!(
-            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            snapshot
+                .txn
+                .begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
             client.query_opt(&check, &params)
         );
         begun.map_err(pg_error)?;
@@ -266,10 +248,8 @@ impl PgSnapshot {
         Ok(snapshot)
     }
 
-    fn client(&self) -> Result<&deadpool_postgres::Object, StoreError> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("the read session has ended".into()))
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.txn.client()
     }
 }
 
@@ -305,7 +285,7 @@ impl Snapshot for PgSnapshot {
             extent_sql(),
             extent_join("f.id")
         );
-        let client = self.client()?;
+        let client = self.client();
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let row = client
             .query_one(&statement, &[&self.flow])
@@ -330,7 +310,7 @@ impl Snapshot for PgSnapshot {
                 OR (g.last_sec, g.last_nsec) >= ($2::int8, $3::int4)",
             grain_columns(with_payload)
         );
-        let client = self.client()?;
+        let client = self.client();
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let (sec, nsec) = split(timestamp);
         let Some(row) = client
@@ -612,7 +592,7 @@ impl PgSnapshot {
              FROM ({sql}) g LEFT JOIN objects o ON o.id = g.object_id",
             grain_columns(with_payload)
         );
-        let client = self.client()?;
+        let client = self.client();
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let refs: Vec<&(dyn ToSql + Sync)> = params
             .iter()

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::tokio_postgres::Statement;
 use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
+use super::txn::Txn;
 use super::{
     LOCK_FLOW, PendingEvent, Shared, grain_end, join, pg_error, record_events, runs, split,
 };
@@ -41,6 +42,10 @@ const INSERT_GRAINS_SKIPPING_TAKEN: &str = concat!(insert_grains!(), " ON CONFLI
 /// Whether the flow is writable: `read_only`, none for an unknown flow, taking a shared
 /// lock on the flow's row (a concurrent flow update or delete waits for the commit).
 pub(super) const FLOW_WRITABLE: &str = "SELECT read_only FROM flows WHERE id = $1 FOR SHARE";
+
+/// The row of a batch's object, with the number of grains in it (`live`).
+const INSERT_OBJECT: &str =
+    "INSERT INTO objects (key, size, live) VALUES ($1, $2, $3) RETURNING id";
 
 /// Whether a stored row of flow `$1` holds a grain within `($2, $3)..=($4, $5)`: a row
 /// keyed in that span, or a run keyed before it that reaches into it.
@@ -138,7 +143,7 @@ impl<'a> Rows<'a> {
     /// [`INSERT_GRAINS_SKIPPING_TAKEN`], prepared); returns how many were inserted.
     async fn insert(
         &self,
-        txn: &Transaction<'_>,
+        txn: &impl GenericClient,
         flow: FlowId,
         statement: &Statement,
     ) -> Result<u64, deadpool_postgres::tokio_postgres::Error> {
@@ -170,7 +175,7 @@ impl<'a> Rows<'a> {
 /// if it is a run whose last grain is after `t` (`reaches` `">"`) or at or after it
 /// (`">="`): `(first, run)`.
 async fn run_reaching(
-    txn: &Transaction<'_>,
+    txn: &impl GenericClient,
     flow: FlowId,
     t: Timestamp,
     op: &str,
@@ -210,7 +215,7 @@ fn decode_run(first: Timestamp, run: &Bytes) -> Result<Vec<runs::Member>, StoreE
 /// Replaces runs of `flow` (keyed `first`) by a single row for each of their grains,
 /// inside `txn` (which holds the flow's lock).
 async fn split_runs(
-    txn: &Transaction<'_>,
+    txn: &impl GenericClient,
     flow: FlowId,
     found: &[(Timestamp, Bytes)],
 ) -> Result<(), StoreError> {
@@ -319,7 +324,7 @@ impl PgWriter {
     /// The runs keyed before one of `timestamps` whose span reaches it: `(first, run)`.
     async fn runs_around(
         &self,
-        txn: &Transaction<'_>,
+        txn: &impl GenericClient,
         timestamps: Vec<Timestamp>,
     ) -> Result<Vec<(Timestamp, Bytes)>, StoreError> {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) = timestamps.into_iter().map(split).unzip();
@@ -491,30 +496,43 @@ impl PgWriter {
                 return Ok(None);
             }
         }
-        let mut client = self.shared.connection().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        // The statements up to the insert go to the server together (one round trip) and
-        // run in order: a shared lock on the flow (a concurrent flow update or delete
-        // waits for this commit), the flow's write lock, and, for an appending batch,
-        // whether its span meets a stored row, seen after the lock. Prepared first (once
-        // per connection), so that each is sent when first polled, in this order.
-        let writable = txn.prepare_cached(FLOW_WRITABLE).await.map_err(pg_error)?;
+        let txn = Txn::new(self.shared.connection().await?);
+        let client = txn.client();
+        // `BEGIN` and the statements up to the insert go to the server together (one
+        // round trip) and run in order: a shared lock on the flow (a concurrent flow
+        // update or delete waits for this commit), the flow's write lock, for an
+        // appending batch whether its span meets a stored row, seen after the lock, and
+        // the row of the batch's object. Prepared first (once per connection), so that
+        // each is sent when first polled, in this order.
+        let writable = client
+            .prepare_cached(FLOW_WRITABLE)
+            .await
+            .map_err(pg_error)?;
         let check = async {
-            let row = txn.query_opt(&writable, &[&self.flow]).await;
+            let row = client.query_opt(&writable, &[&self.flow]).await;
             super::writable_from(self.flow, row.map_err(pg_error)?.as_ref())
         };
         if insert.is_empty() {
+            // Nothing to write: the check alone, outside a transaction, answers.
             check.await?;
             return Ok(Some(BatchResult {
                 outcome: plan.outcome,
                 conflict: plan.conflict,
             }));
         }
-        let lock = txn.prepare_cached(LOCK_FLOW).await.map_err(pg_error)?;
-        let meets = txn.prepare_cached(MEETS_STORED).await.map_err(pg_error)?;
+        let lock = client.prepare_cached(LOCK_FLOW).await.map_err(pg_error)?;
+        let meets = client
+            .prepare_cached(MEETS_STORED)
+            .await
+            .map_err(pg_error)?;
+        let insert_object = client
+            .prepare_cached(INSERT_OBJECT)
+            .await
+            .map_err(pg_error)?;
         let (schema_key, flow_key) = self.shared.flow_lock_key(self.flow);
         let locked = async {
-            txn.execute(&lock, &[&schema_key, &flow_key])
+            client
+                .execute(&lock, &[&schema_key, &flow_key])
                 .await
                 .map_err(pg_error)
         };
@@ -526,38 +544,38 @@ impl PgWriter {
             if !plan.optimistic {
                 return Ok(false);
             }
-            let row = txn
+            let row = client
                 .query_one(&meets, &[&self.flow, &s0, &n0, &s1, &n1])
                 .await
                 .map_err(pg_error)?;
             Ok::<bool, StoreError>(row.get(0))
         };
-        let (check, locked, meets) = futures::join!(check, locked, meets);
+        let object_id = async {
+            let Some((key, _)) = object else {
+                return Ok(None);
+            };
+            let live = i32::try_from(offsets.len()).unwrap_or(i32::MAX);
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            let row = client
+                .query_one(&insert_object, &[key, &size, &live])
+                .await
+                .map_err(pg_error)?;
+            Ok::<Option<i64>, StoreError>(Some(row.get(0)))
+        };
+        let (begun, check, locked, meets, object_id) =
+            futures::join!(txn.begin("BEGIN"), check, locked, meets, object_id);
+        begun.map_err(pg_error)?;
         check?;
         locked?;
         if meets? {
             return Ok(None);
         }
-        let object_id: Option<i64> = match object {
-            None => None,
-            Some((key, _)) => {
-                let live = i32::try_from(offsets.len()).unwrap_or(i32::MAX);
-                let size = i64::try_from(size).unwrap_or(i64::MAX);
-                let row = txn
-                    .query_one(
-                        "INSERT INTO objects (key, size, live) VALUES ($1, $2, $3) RETURNING id",
-                        &[key, &size, &live],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Some(row.get(0))
-            }
-        };
+        let object_id = object_id?;
         if !plan.optimistic {
             // A new grain inside a run's span splits the run into single rows first.
             let timestamps = insert.iter().map(|&i| grains[i].origin_timestamp());
-            let found = self.runs_around(&txn, timestamps.collect()).await?;
-            split_runs(&txn, self.flow, &found).await?;
+            let found = self.runs_around(client, timestamps.collect()).await?;
+            split_runs(client, self.flow, &found).await?;
         }
         let headers: Vec<Vec<u8>> = insert
             .iter()
@@ -662,10 +680,10 @@ impl PgWriter {
             _ => Vec::new(),
         };
         // Prepared first, so that the insert is sent first.
-        let insert = txn.prepare_cached(sql).await.map_err(pg_error)?;
+        let insert = client.prepare_cached(sql).await.map_err(pg_error)?;
         let (inserted, recorded) = futures::join!(
-            rows.insert(&txn, self.flow, &insert),
-            record_events(&self.shared, &txn, &events)
+            rows.insert(client, self.flow, &insert),
+            record_events(&self.shared, client, &events)
         );
         let inserted = match inserted {
             Ok(inserted) => inserted,
@@ -794,7 +812,7 @@ impl PgWriter {
 /// first (see [`runs`]).
 pub async fn delete_range(
     shared: &Shared,
-    txn: &Transaction<'_>,
+    txn: &impl GenericClient,
     flow: FlowId,
     range: &TimeRange,
 ) -> Result<u64, StoreError> {
