@@ -492,6 +492,37 @@ impl Shared {
             ))),
         }
     }
+
+    /// Runs a read-only query function, retrying when the database is unreachable (a
+    /// failover, a restart): reads are safe to repeat. Only a failure that came at once
+    /// is retried: one that took its time (a database that does not answer) would only
+    /// make the request wait that long again.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let result = match self.connection().await {
+                Ok(client) => f(client).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(StoreError::Unavailable(e))
+                    if attempt < 2 && started.elapsed() < Duration::from_secs(1) =>
+                {
+                    tracing::debug!(error = %e, attempt, "postgres read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// The PostgreSQL + object store [`Store`].
@@ -619,35 +650,13 @@ impl PostgresStore {
         self.shared.connection().await
     }
 
-    /// Runs a read-only query function, retrying when the database is unreachable (a
-    /// failover, a restart): reads are safe to repeat. Only a failure that came at once
-    /// is retried: one that took its time (a database that does not answer) would only
-    /// make the request wait that long again.
+    /// [`Shared::read`].
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(deadpool_postgres::Object) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            let started = std::time::Instant::now();
-            let result = match self.client().await {
-                Ok(client) => f(client).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(StoreError::Unavailable(e))
-                    if attempt < 2 && started.elapsed() < Duration::from_secs(1) =>
-                {
-                    tracing::debug!(error = %e, attempt, "postgres read failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        self.shared.read(f).await
     }
 }
 

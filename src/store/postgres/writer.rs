@@ -756,8 +756,11 @@ impl GrainWriter for PgWriter {
         if self.checked {
             return Ok(());
         }
-        let client = self.shared.connection().await?;
-        let checked = super::check_writable(&client, self.flow).await;
+        let flow = self.flow;
+        let checked = self
+            .shared
+            .read(|client| async move { super::check_writable(&client, flow).await })
+            .await;
         self.refused(checked)
     }
 
