@@ -13,6 +13,16 @@ use serde::Deserialize;
 /// The compiled-in defaults; every key is documented there.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The keys whose values are lists of strings: an environment variable gives one as a
+/// comma-separated list (`GRAINSTORE__CORS__ALLOWED_ORIGINS=https://a.example,https://b.example`;
+/// empty for none). The tables of `[[auth.tokens]]` come from files only.
+const LIST_KEYS: &[&str] = &[
+    "cors.allowed_origins",
+    "auth.jwt.algorithms",
+    "auth.jwt.audience",
+    "auth.jwt.issuer",
+];
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -400,10 +410,24 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let env: config::Map<String, String> = env
+        let mut env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("GRAINSTORE__"))
             .collect();
+        // The lists of strings, which an environment variable gives comma-separated.
+        let mut lists = Vec::new();
+        for key in LIST_KEYS {
+            let var = format!("GRAINSTORE__{}", key.replace('.', "__").to_uppercase());
+            if let Some(value) = env.remove(&var) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                lists.push((*key, items));
+            }
+        }
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
@@ -418,6 +442,9 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(env)),
         );
+        for (key, items) in lists {
+            builder = builder.set_override(key, items)?;
+        }
         if let Some(listen) = overrides.listen {
             builder = builder.set_override("server.listen", listen.to_string())?;
         }
@@ -682,6 +709,58 @@ mod tests {
         let config = Config::load_from(None, vars, &flags).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:1".parse().unwrap());
         assert_eq!(config.storage.data_dir, PathBuf::from("/srv/b"));
+    }
+
+    #[test]
+    fn lists_come_from_the_environment_comma_separated() {
+        let vars = env(&[
+            (
+                "GRAINSTORE__CORS__ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("GRAINSTORE__AUTH__JWT__ALGORITHMS", "RS256"),
+            ("GRAINSTORE__AUTH__JWT__AUDIENCE", ""),
+            (
+                "GRAINSTORE__AUTH__JWT__ISSUER",
+                "https://idp.example/,other",
+            ),
+        ]);
+        let config = Config::load_from(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(
+            config.cors.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(config.auth.jwt.algorithms, ["RS256"]);
+        assert!(config.auth.jwt.audience.is_empty());
+        assert_eq!(config.auth.jwt.issuer, ["https://idp.example/", "other"]);
+        // Over a file's lists.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "[cors]\nallowed_origins = [\"https://file.example\"]\n",
+        )
+        .unwrap();
+        let from_file = Config::load_from(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(from_file.cors.allowed_origins, ["https://file.example"]);
+        let vars = env(&[("GRAINSTORE__CORS__ALLOWED_ORIGINS", "*")]);
+        let config = Config::load_from(Some(&path), vars, &Overrides::default()).unwrap();
+        assert_eq!(config.cors.allowed_origins, ["*"]);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "[log]\nformat = \"json\"\n[server]\nshutdown_deadline_ms = 7\n",
+        )
+        .unwrap();
+        let vars = env(&[("GRAINSTORE__LOG__FORMAT", "pretty")]);
+        let config = Config::load_from(Some(&path), vars, &Overrides::default()).unwrap();
+        assert_eq!(config.log.format, LogFormat::Pretty);
+        assert_eq!(config.server.shutdown_deadline(), Duration::from_millis(7));
     }
 
     #[test]

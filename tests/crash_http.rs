@@ -11,6 +11,8 @@
 //! `GRAINSTORE_CRASH_SEED` replays a run's choices (the seed is printed); the kill
 //! moments depend on timing as well.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -26,6 +28,7 @@ use grainstore::grain::{
 use grainstore::gsf::{GsfDateTime, GsfDecoder, GsfEncoder, GsfEvent};
 use grainstore::time::{Bound, Rational, TimeRange, Timestamp};
 use serde_json::{Value, json};
+use support::free_port;
 use uuid::Uuid;
 
 const SEED_VAR: &str = "GRAINSTORE_CRASH_SEED";
@@ -436,14 +439,6 @@ impl Drop for ServerProcess {
 }
 
 /// A port free now, for the server to listen on across restarts.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 /// Small segment files so that kills land around rotations; payloads over 4 KiB in them.
 const STORE_ENV: &[(&str, &str)] = &[
     ("GRAINSTORE__STORAGE__INLINE_MAX_BYTES", "4096"),

@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::params::{QueryParams, content_type, paging_headers, parse_uuid};
+use super::params::{Path, QueryParams, content_type, paging_headers, parse_uuid};
 use super::{ApiError, ApiResult, AppState};
 use crate::store::{Flow, FlowFilter, FlowInfo, PutOutcome};
 

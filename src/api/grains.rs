@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawPathParams, RawQuery, State};
+use axum::extract::{RawPathParams, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
@@ -17,7 +17,7 @@ use serde_json::json;
 use super::body::{gsf_body, gsf_frame, gsf_pages_body, ndjson_body};
 use super::ingest::{BodyDecoder, BodyFormat, Decoded};
 use super::params::{
-    Accept, GrainMedia, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
+    Accept, GrainMedia, Path, QueryParams, content_type, negotiate, parse_timestamp, parse_uuid,
     path_param,
 };
 use super::sessions::{FlowRead, FlowWrite};

@@ -235,6 +235,25 @@ pub fn path_param<'a>(params: &'a RawPathParams, name: &str) -> Option<&'a str> 
         .find_map(|(param, value)| (param == name).then_some(value))
 }
 
+/// The route's path parameters, as axum's `Path` extracts them, but refused with a 400
+/// problem (not axum's plain-text rejection) when they cannot be decoded: a path such as
+/// `/flows/%FF` whose percent-encoding is not UTF-8.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "bad path: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// The request's `Accept` header alone, for handlers that need no other header (taking
 /// the whole `HeaderMap` copies every header).
 pub struct Accept(pub Option<HeaderValue>);

@@ -1,10 +1,10 @@
 //! `/sources` and `/sources/{id}`: the sources that flows belong to.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 
-use super::params::{QueryParams, paging_headers, parse_uuid};
+use super::params::{Path, QueryParams, paging_headers, parse_uuid};
 use super::{ApiError, ApiResult, AppState};
 use crate::store::{Source, SourceFilter};
 

@@ -42,6 +42,54 @@ async fn a_wrong_method_is_a_405_problem() {
     }
 }
 
+/// A path parameter whose percent-encoding is not UTF-8 is refused as a problem by every
+/// route and method that takes one, as axum's own plain-text rejection would not be.
+#[tokio::test]
+async fn an_undecodable_path_parameter_is_a_400_problem() {
+    let app = spawn_app().await;
+    let flow = Uuid::new_v4();
+    let cases = [
+        (Method::GET, "/sources/%FF".to_owned()),
+        (Method::GET, "/flows/%FF".to_owned()),
+        (Method::PUT, "/flows/%FF".to_owned()),
+        (Method::DELETE, "/flows/%FF".to_owned()),
+        (Method::GET, "/flows/%FF/grains".to_owned()),
+        (Method::POST, "/flows/%FF/grains".to_owned()),
+        (Method::DELETE, "/flows/%FF/grains".to_owned()),
+        (Method::GET, "/flows/%FF/grains/1:0".to_owned()),
+        (Method::PUT, "/flows/%FF/grains/1:0".to_owned()),
+        (Method::DELETE, "/flows/%FF/grains/1:0".to_owned()),
+        (Method::GET, format!("/flows/{flow}/grains/%FF")),
+        (Method::PUT, format!("/flows/{flow}/grains/%FF")),
+        (Method::DELETE, format!("/flows/{flow}/grains/%FF")),
+    ];
+    for (method, path) in cases {
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("request");
+        let p = problem(response, StatusCode::BAD_REQUEST).await;
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains("path"), "{method} {path}: {p}");
+    }
+    // HEAD alike, without the body.
+    let response = app
+        .client
+        .head(app.url("/flows/%FF"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
 #[tokio::test]
 async fn responses_carry_a_request_id() {
     let app = spawn_app().await;

@@ -19,6 +19,15 @@ use uuid::Uuid;
 /// The longest a test waits for something that must happen soon.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// A port free on the loopback interface a moment ago, for a server in another process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
 /// A running server; dropping it stops the server.
 pub struct App {
     /// `http://127.0.0.1:PORT`.
