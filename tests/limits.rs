@@ -509,3 +509,159 @@ async fn requests_past_the_concurrency_limit_are_shed_at_once() {
     assert_eq!(upload.await.unwrap().status(), 201);
     assert_eq!(count_grains(&app, flow).await, 2);
 }
+
+/// A request body other than an upload's (a flow's JSON here) is not bounded by the
+/// body idle timeout; a client that sends half of it and stalls is answered by the
+/// response deadline instead: 503, the timeout problem, `Retry-After`, nothing stored.
+#[tokio::test]
+async fn a_stalled_json_body_is_cut_by_the_response_deadline() {
+    let _shared = MEASURING.read().await;
+    const DEADLINE_MS: u64 = 500;
+    let app = spawn(|c| {
+        c.server.response_headers_timeout_ms = DEADLINE_MS;
+        c.server.body_idle_timeout_ms = 60_000;
+    })
+    .await;
+    let (flow, source) = (Uuid::new_v4(), Uuid::new_v4());
+    let body = serde_json::json!({"source_id": source, "format": "urn:x-nmos:format:data"})
+        .to_string()
+        .into_bytes();
+    let (response, waited, more) = half_and_stall(&app, &format!("/flows/{flow}"), &body).await;
+    assert!(
+        waited >= Duration::from_millis(DEADLINE_MS),
+        "answered after {waited:?}, before the deadline"
+    );
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:grainstore:problem:timeout",
+        "{problem}"
+    );
+    assert_eq!(problem["status"], 503, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("server.response_headers_timeout_ms"),
+        "{problem}"
+    );
+    drop(more);
+    // Nothing was stored; the service goes on serving.
+    let response = app
+        .client
+        .get(app.url(&format!("/flows/{flow}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    app.create_flow(None).await;
+}
+
+/// A single-grain PUT is an upload: a body that keeps arriving is not cut by the response
+/// deadline, however long it takes within the body idle timeout; one that stalls is
+/// ended by that timeout with 408, and nothing is stored.
+#[tokio::test]
+async fn a_single_grain_put_is_bounded_by_the_body_idle_timeout() {
+    let _shared = MEASURING.read().await;
+    let app = spawn(|c| {
+        c.server.response_headers_timeout_ms = 300;
+        c.server.body_idle_timeout_ms = 5_000;
+    })
+    .await;
+    let (flow, source) = app.create_flow(None).await;
+    let url = app.url(&format!("/flows/{flow}/grains/1700000000:0"));
+    let body = support::ndjson(flow, source, 0..1, 20_000);
+    // Ten pieces 100 ms apart: a second in all, three times the response deadline.
+    let pieces: Vec<bytes::Bytes> = body
+        .chunks(body.len().div_ceil(10))
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let steady = futures::StreamExt::then(futures::stream::iter(pieces), |piece| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let started = Instant::now();
+    let response = app
+        .client
+        .put(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(steady))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let status = response.status();
+    assert_eq!(status, 201, "{}", response.text().await.unwrap());
+
+    // Half a grain, then nothing: 408 at the idle timeout.
+    let app = spawn(|c| {
+        c.server.response_headers_timeout_ms = 60_000;
+        c.server.body_idle_timeout_ms = 500;
+    })
+    .await;
+    let (flow, source) = app.create_flow(None).await;
+    let body = support::ndjson(flow, source, 0..1, 20_000);
+    let path = format!("/flows/{flow}/grains/1700000000:0");
+    let (response, waited, more) = half_and_stall(&app, &path, &body).await;
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}"
+    );
+    assert_eq!(response.status(), 408);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:grainstore:problem:body-idle",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("server.body_idle_timeout_ms"),
+        "{problem}"
+    );
+    drop(more);
+    let response = app
+        .client
+        .get(app.url(&format!("/flows/{flow}/grains/1700000000:0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+/// A JSON `PUT` of `path` that sends the first half of `body` and then nothing: the
+/// answer, which must come while the body is still open, how long it took, and the
+/// sender that holds the body open.
+async fn half_and_stall(
+    app: &App,
+    path: &str,
+    body: &[u8],
+) -> (
+    reqwest::Response,
+    Duration,
+    tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+) {
+    let (more, rest) = tokio::sync::mpsc::channel(1);
+    more.try_send(Ok(bytes::Bytes::copy_from_slice(&body[..body.len() / 2])))
+        .unwrap();
+    let started = Instant::now();
+    let request = app
+        .client
+        .put(app.url(path))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rest),
+        ))
+        .send();
+    let response = tokio::time::timeout(PATIENCE, request)
+        .await
+        .expect("answered while the body is still open")
+        .unwrap();
+    (response, started.elapsed(), more)
+}

@@ -130,6 +130,7 @@ pub async fn read_json_body(state: &AppState, headers: &HeaderMap, body: Body) -
             ApiError::bad_body(format!("cannot read the body: {e}"))
         }
     })?;
+    state.metrics.add_received(bytes.len() as u64);
     if bytes.is_empty() {
         return Err(ApiError::bad_body(
             "the body is empty; send the flow as a JSON object",
@@ -154,16 +155,19 @@ async fn parse_flow_body(
         None => {
             map.insert("id".into(), Value::String(id.to_string()));
         }
-        Some(Value::String(text)) => {
-            let body_id = parse_uuid("id", text)?;
+        Some(value) => {
+            let body_id = body_uuid("id", value)?;
             if body_id != id {
                 return Err(ApiError::bad_body(format!(
                     "the body's id {body_id} is not the id of the path {id}"
                 )));
             }
         }
-        Some(_) => return Err(ApiError::bad_body("`id` must be a UUID string")),
     }
+    match map.get("source_id") {
+        None => return Err(ApiError::bad_body("`source_id` is missing")),
+        Some(value) => body_uuid("source_id", value)?,
+    };
     // Computed or kept by the service: what a client sends for them is ignored.
     for computed in ["timerange", "created", "metadata_updated"] {
         map.remove(computed);
@@ -178,6 +182,17 @@ async fn parse_flow_body(
     }
     serde_json::from_value::<Flow>(Value::Object(map))
         .map_err(|e| ApiError::bad_body(format!("invalid flow: {e}")))
+}
+
+/// The UUID string of the body's field `name`, or a 400 naming it.
+fn body_uuid(name: &str, value: &Value) -> ApiResult<uuid::Uuid> {
+    let Value::String(text) = value else {
+        return Err(ApiError::bad_body(format!(
+            "`{name}` must be a UUID string, not {value}"
+        )));
+    };
+    uuid::Uuid::try_parse(text)
+        .map_err(|e| ApiError::bad_body(format!("`{name}`: {text:?} is not a UUID ({e})")))
 }
 
 /// Every object with a `numerator` must be a rational: integer numerator, positive

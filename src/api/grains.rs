@@ -716,7 +716,22 @@ pub async fn put_one(
     };
     let max = state.config.limits.max_grain_bytes;
     let limit = max / 3 * 4 + (128 << 10);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    // An upload, so not under the deadline for response headers: the grain must arrive
+    // whole within the body idle timeout, as each grain of a POST must.
+    let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
+    let read = tokio::time::timeout(idle, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "urn:grainstore:problem:body-idle",
+            "Request body idle",
+            format!(
+                "the grain did not arrive whole within {} ms (limit `server.body_idle_timeout_ms`)",
+                idle.as_millis()
+            ),
+        ));
+    };
+    let bytes = read.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             ApiError::too_large("limits.max_grain_bytes", "the grain is too large")
@@ -724,6 +739,7 @@ pub async fn put_one(
             ApiError::bad_body(format!("cannot read the body: {e}"))
         }
     })?;
+    state.metrics.add_received(bytes.len() as u64);
     let mut decoder = BodyDecoder::new(format, max);
     decoder.push(bytes);
     let mut grains = Vec::new();

@@ -137,12 +137,12 @@ impl Metrics {
         let counters = [
             (
                 "grainstore_http_received_bytes_total",
-                "Request body bytes received.",
+                "Request body bytes received (grain uploads and JSON bodies).",
                 &self.bytes_received,
             ),
             (
                 "grainstore_http_sent_bytes_total",
-                "Response body bytes sent.",
+                "Response body bytes sent (JSON counted before compression).",
                 &self.bytes_sent,
             ),
             (

@@ -7,8 +7,9 @@
 //!    span, counted, with its request id), the server goes on;
 //! 5. load shedding: past `server.max_concurrent_requests` requests in their handlers, a
 //!    request is refused at once with 503 and `Retry-After` instead of queueing;
-//! 6. CORS, as configured (outside authentication: preflights carry no credentials, and
-//!    a browser must be able to read a 401);
+//! 6. CORS, as configured, or none at all while `cors.allowed_origins` is empty (outside
+//!    authentication: preflights carry no credentials, and a browser must be able to
+//!    read a 401);
 //! 7. authentication and authorization (see [`super::auth`]): the bearer token (or, for
 //!    event streams, the `access_token` query parameter, removed from the query here so
 //!    that neither handlers nor logs see it) becomes a [`Principal`], and the route's
@@ -46,7 +47,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -106,7 +107,9 @@ pub struct EdgeShared {
     streams: Arc<StreamLimits>,
     /// Places for requests in their handlers (`server.max_concurrent_requests`).
     slots: Arc<Semaphore>,
-    cors: CorsLayer,
+    /// `None` when no origin is allowed (`cors.allowed_origins` empty): no response then
+    /// carries an `Access-Control-*` header, and an `OPTIONS` request is the router's.
+    cors: Option<CorsLayer>,
     /// Applied to JSON responses only, after the handler (see [`EdgeShared::compress`]).
     compression: CompressionLayer<JsonOnly>,
     /// What `cors` adds to the response of a request without `Origin` (not `OPTIONS`).
@@ -116,8 +119,9 @@ pub struct EdgeShared {
 
 impl Edge {
     fn new(state: AppState, auth: Authenticator) -> Edge {
-        let cors = cors_layer(&state.config.cors.allowed_origins);
-        let cors_plain = plain_cors_headers(&cors);
+        let origins = &state.config.cors.allowed_origins;
+        let cors = (!origins.is_empty()).then(|| cors_layer(origins));
+        let cors_plain = cors.as_ref().map(plain_cors_headers).unwrap_or_default();
         let shared = EdgeShared {
             streams: state.streams.clone(),
             slots: Arc::new(Semaphore::new(state.config.server.max_concurrent_requests)),
@@ -252,6 +256,12 @@ impl EdgeShared {
             .unwrap_or_else(panic_response);
             let status = response.status();
             let elapsed = started.elapsed();
+            // Bodies of known size (JSON, problems, single grains); the grain streams
+            // count themselves as they go, and compressed JSON was counted before its
+            // compression.
+            if let Some(n) = response.body().size_hint().exact() {
+                this.state.metrics.add_sent(n);
+            }
             this.state.metrics.record_request(
                 route.as_str().unwrap_or("unmatched"),
                 &method,
@@ -299,21 +309,24 @@ impl EdgeShared {
         };
         let browser =
             request.headers().contains_key(header::ORIGIN) || request.method() == Method::OPTIONS;
-        if !browser {
-            let mut response = self
-                .clone()
-                .authorize_and_serve(request, route, inner)
-                .await;
-            let headers = response.headers_mut();
-            for (name, value) in &self.cors_plain {
-                if name == header::VARY {
-                    headers.append(header::VARY, value.clone());
-                } else {
-                    headers.insert(name.clone(), value.clone());
+        let cors = match &self.cors {
+            Some(cors) if browser => cors.clone(),
+            _ => {
+                let mut response = self
+                    .clone()
+                    .authorize_and_serve(request, route, inner)
+                    .await;
+                let headers = response.headers_mut();
+                for (name, value) in &self.cors_plain {
+                    if name == header::VARY {
+                        headers.append(header::VARY, value.clone());
+                    } else {
+                        headers.insert(name.clone(), value.clone());
+                    }
                 }
+                return response;
             }
-            return response;
-        }
+        };
         let this = self.clone();
         let rest: Inner =
             Box::new(move |request| Box::pin(this.authorize_and_serve(request, route, inner)));
@@ -327,7 +340,7 @@ impl EdgeShared {
                 })
             }
         });
-        match self.cors.layer(service).oneshot(request).await {
+        match cors.layer(service).oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
@@ -409,7 +422,11 @@ impl EdgeShared {
             request.headers(),
             request.uri().query(),
         );
-        let upload = request.method() == Method::POST && matched == Some("/flows/{id}/grains");
+        let upload = match (request.method(), matched) {
+            (&Method::POST, Some("/flows/{id}/grains")) => true,
+            (&Method::PUT, Some(route)) => route == super::direct::GRAIN_ROUTE,
+            _ => false,
+        };
         let permit = if is_live {
             let principal = caller.unwrap_or_else(Principal::anonymous);
             match self.streams.acquire(&principal) {
@@ -480,6 +497,10 @@ impl EdgeShared {
                 .headers_mut()
                 .append(header::VARY, HeaderValue::from_static("accept-encoding"));
             return response;
+        }
+        // Counted here, before compression: a compressed body's size is not known ahead.
+        if let Some(n) = response.body().size_hint().exact() {
+            self.state.metrics.add_sent(n);
         }
         let mut probe = Request::new(Body::empty());
         for value in accepted.values().cloned() {

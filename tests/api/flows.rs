@@ -159,6 +159,39 @@ async fn put_refuses_invalid_flows() {
     problem(app.get_flow(flow).await, StatusCode::NOT_FOUND).await;
 }
 
+/// Malformed `source_id` values in a flow body.
+const BAD_SOURCE_IDS: [&str; 3] = [
+    r#""not-a-uuid""#,
+    r#""4ae0d1a2-0a3b-4d3f-9a3e-1c2b3d4e5f6""#,
+    "42",
+];
+
+/// Asserts that a flow PUT with `source_id` set to the JSON `bad` is a 400 problem naming
+/// the field.
+async fn put_with_source_id(app: &TestApp, flow: Uuid, bad: &str) {
+    let mut body = flow_body(Uuid::new_v4(), "video");
+    body["source_id"] = serde_json::from_str(bad).expect("JSON");
+    let p = problem(app.put_flow(flow, &body).await, StatusCode::BAD_REQUEST).await;
+    assert_eq!(p["type"], "urn:grainstore:problem:bad-body", "{bad}: {p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("source_id"),
+        "the problem for source_id {bad} does not name it: {p}"
+    );
+}
+
+#[tokio::test]
+async fn put_refuses_a_malformed_source_id() {
+    let app = spawn_app().await;
+    let flow = Uuid::new_v4();
+    for bad in BAD_SOURCE_IDS {
+        put_with_source_id(&app, flow, bad).await;
+    }
+    // Nothing was stored, and no source was made of the refused bodies.
+    problem(app.get_flow(flow).await, StatusCode::NOT_FOUND).await;
+    let sources = json_body(app.list_sources("").await, StatusCode::OK).await;
+    assert_eq!(sources.as_array().map(Vec::len), Some(0), "{sources}");
+}
+
 #[tokio::test]
 async fn get_of_an_unknown_or_malformed_flow_id() {
     let app = spawn_app().await;

@@ -5,6 +5,7 @@
 //! The `interop` tests need a Python with mediagrains 5.1.0 in `GRAINSTORE_PYTHON` and
 //! are ignored unless run with `--include-ignored`.
 
+mod cors;
 mod errors;
 mod flows;
 mod grains_delete;
