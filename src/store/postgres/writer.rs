@@ -498,12 +498,12 @@ impl PgWriter {
         }
         let txn = Txn::new(self.shared.connection().await?);
         let client = txn.client();
-        // `BEGIN` and the statements up to the insert go to the server together (one
-        // round trip) and run in order: a shared lock on the flow (a concurrent flow
-        // update or delete waits for this commit), the flow's write lock, for an
-        // appending batch whether its span meets a stored row, seen after the lock, and
-        // the row of the batch's object. Prepared first (once per connection), so that
-        // each is sent when first polled, in this order.
+        // `BEGIN` and the checks go to the server together (one round trip) and run in
+        // order: a shared lock on the flow (a concurrent flow update or delete waits for
+        // this commit), the flow's write lock, and, for an appending batch, whether its
+        // span meets a stored row, seen after the lock. Prepared first (once per
+        // connection), so that each is sent when first polled, in this order. They only
+        // read and lock: sent behind a `BEGIN` that failed, they change nothing.
         let writable = client
             .prepare_cached(FLOW_WRITABLE)
             .await
@@ -550,27 +550,28 @@ impl PgWriter {
                 .map_err(pg_error)?;
             Ok::<bool, StoreError>(row.get(0))
         };
-        let object_id = async {
-            let Some((key, _)) = object else {
-                return Ok(None);
-            };
-            let live = i32::try_from(offsets.len()).unwrap_or(i32::MAX);
-            let size = i64::try_from(size).unwrap_or(i64::MAX);
-            let row = client
-                .query_one(&insert_object, &[key, &size, &live])
-                .await
-                .map_err(pg_error)?;
-            Ok::<Option<i64>, StoreError>(Some(row.get(0)))
-        };
-        let (begun, check, locked, meets, object_id) =
-            futures::join!(txn.begin("BEGIN"), check, locked, meets, object_id);
+        let (begun, check, locked, meets) =
+            futures::join!(txn.begin("BEGIN"), check, locked, meets);
         begun.map_err(pg_error)?;
         check?;
         locked?;
         if meets? {
             return Ok(None);
         }
-        let object_id = object_id?;
+        // The object's row only once the transaction is known to have begun: sent behind
+        // a `BEGIN` that failed, it would commit on its own.
+        let object_id: Option<i64> = match object {
+            None => None,
+            Some((key, _)) => {
+                let live = i32::try_from(offsets.len()).unwrap_or(i32::MAX);
+                let size = i64::try_from(size).unwrap_or(i64::MAX);
+                let row = client
+                    .query_one(&insert_object, &[key, &size, &live])
+                    .await
+                    .map_err(pg_error)?;
+                Some(row.get(0))
+            }
+        };
         if !plan.optimistic {
             // A new grain inside a run's span splits the run into single rows first.
             let timestamps = insert.iter().map(|&i| grains[i].origin_timestamp());
