@@ -418,7 +418,9 @@ impl Config {
         let mut lists = Vec::new();
         for key in LIST_KEYS {
             let var = format!("GRAINSTORE__{}", key.replace('.', "__").to_uppercase());
-            if let Some(value) = env.remove(&var) {
+            // Named in any case, as the other variables may be.
+            let name = env.keys().find(|k| k.eq_ignore_ascii_case(&var)).cloned();
+            if let Some(value) = name.and_then(|name| env.remove(&name)) {
                 let items: Vec<String> = value
                     .split(',')
                     .map(str::trim)
@@ -721,7 +723,7 @@ mod tests {
             ("GRAINSTORE__AUTH__JWT__ALGORITHMS", "RS256"),
             ("GRAINSTORE__AUTH__JWT__AUDIENCE", ""),
             (
-                "GRAINSTORE__AUTH__JWT__ISSUER",
+                "GRAINSTORE__AUTH__JWT__issuer",
                 "https://idp.example/,other",
             ),
         ]);
@@ -746,6 +748,9 @@ mod tests {
         let vars = env(&[("GRAINSTORE__CORS__ALLOWED_ORIGINS", "*")]);
         let config = Config::load_from(Some(&path), vars, &Overrides::default()).unwrap();
         assert_eq!(config.cors.allowed_origins, ["*"]);
+        let vars = env(&[("GRAINSTORE__CORS__ALLOWED_ORIGINS", "")]);
+        let config = Config::load_from(Some(&path), vars, &Overrides::default()).unwrap();
+        assert!(config.cors.allowed_origins.is_empty(), "emptied");
     }
 
     #[test]

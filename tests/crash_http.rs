@@ -438,7 +438,6 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A port free now, for the server to listen on across restarts.
 /// Small segment files so that kills land around rotations; payloads over 4 KiB in them.
 const STORE_ENV: &[(&str, &str)] = &[
     ("GRAINSTORE__STORAGE__INLINE_MAX_BYTES", "4096"),

@@ -569,16 +569,17 @@ async fn a_stalled_json_body_is_cut_by_the_response_deadline() {
 async fn a_single_grain_put_is_bounded_by_the_body_idle_timeout() {
     let _shared = MEASURING.read().await;
     let app = spawn(|c| {
-        c.server.response_headers_timeout_ms = 300;
+        c.server.response_headers_timeout_ms = 600;
         c.server.body_idle_timeout_ms = 5_000;
     })
     .await;
     let (flow, source) = app.create_flow(None).await;
     let url = app.url(&format!("/flows/{flow}/grains/1700000000:0"));
     let body = support::ndjson(flow, source, 0..1, 20_000);
-    // Ten pieces 100 ms apart: a second in all, three times the response deadline.
+    // Twenty pieces 100 ms apart: two seconds in all, over three times the response
+    // deadline.
     let pieces: Vec<bytes::Bytes> = body
-        .chunks(body.len().div_ceil(10))
+        .chunks(body.len().div_ceil(20))
         .map(bytes::Bytes::copy_from_slice)
         .collect();
     let steady = futures::StreamExt::then(futures::stream::iter(pieces), |piece| async move {
@@ -594,7 +595,7 @@ async fn a_single_grain_put_is_bounded_by_the_body_idle_timeout() {
         .send()
         .await
         .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(started.elapsed() >= Duration::from_millis(1_900));
     let status = response.status();
     assert_eq!(status, 201, "{}", response.text().await.unwrap());
 

@@ -1,8 +1,10 @@
 //! openapi.yaml against the server: the spec's operations are exactly the router's
-//! routes, its version is the API's, every operation documents its errors as problem
-//! documents, its access control and live stream limits are the ones `api::auth` and
-//! `api::live` apply, its problem types are the ones the code makes, every `$ref`
-//! resolves, and the running server serves the file verbatim.
+//! routes (through [`ROUTES`], which the running server's `Allow` answers check), its
+//! version is the API's, every operation documents its errors as problem documents and
+//! gives examples of its parameters, bodies and successes, its access control and live
+//! stream limits are the ones `api::auth` and `api::live` apply, its problem types are
+//! the ones the code makes, every `$ref` resolves, and the running server serves the file
+//! verbatim.
 //!
 //! `HEAD` is implicit in the spec: every `GET` answers it (axum does), so the spec lists
 //! `get` only and [`ROUTES`] must pair every `head` with a `get` and the reverse.
@@ -15,7 +17,7 @@ use grainstore::api::auth::{Scope, required_scope};
 use grainstore::api::live::is_live_request;
 use grainstore::api::service::{API_VERSION, OPENAPI_YAML};
 use grainstore::config::{Config, Overrides};
-use grainstore::server::Server;
+use grainstore::server::{Server, ServerError};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -183,6 +185,83 @@ fn every_operation_is_complete() {
             "{name}: any request may be shed with 503"
         );
     }
+}
+
+/// Whether `object` (a parameter, media type or schema) has an `example` or `examples`.
+fn has_example(object: &Value) -> bool {
+    object.get("example").is_some()
+        || object
+            .get("examples")
+            .is_some_and(|examples| match examples {
+                Value::Array(items) => !items.is_empty(),
+                Value::Object(named) => !named.is_empty(),
+                _ => false,
+            })
+}
+
+/// Every operation gives examples: of each parameter (on the parameter or its schema;
+/// an `enum` or a boolean lists its values already), of each request body media type,
+/// and of each media type of its 2xx responses (on the media type object or its schema).
+#[test]
+fn every_operation_has_examples() {
+    let spec = spec();
+    let mut missing = Vec::new();
+    for (path, method, operation) in operations(&spec) {
+        let name = format!("{} {path}", method.to_uppercase());
+        let item = &spec["paths"][&path];
+        for parameter in [&item["parameters"], &operation["parameters"]]
+            .into_iter()
+            .filter_map(Value::as_array)
+            .flatten()
+        {
+            let parameter = deref(&spec, parameter);
+            let schema = deref(&spec, &parameter["schema"]);
+            if schema.get("enum").is_some() || schema["type"] == "boolean" {
+                continue;
+            }
+            if !has_example(parameter) && !has_example(schema) {
+                missing.push(format!(
+                    "{name}: parameter {} ({})",
+                    parameter["name"], parameter["in"]
+                ));
+            }
+        }
+        let media_types = |owner: &Value| -> Vec<(String, Value)> {
+            deref(&spec, owner)["content"]
+                .as_object()
+                .map(|content| {
+                    content
+                        .iter()
+                        .map(|(media, object)| (media.clone(), object.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut bodies: Vec<(String, Value)> = Vec::new();
+        if let Some(body) = operation.get("requestBody") {
+            for (media, object) in media_types(body) {
+                bodies.push((format!("request body {media}"), object));
+            }
+        }
+        if let Some(responses) = operation["responses"].as_object() {
+            for (status, response) in responses {
+                if status.starts_with('2') {
+                    for (media, object) in media_types(response) {
+                        bodies.push((format!("{status} {media}"), object));
+                    }
+                }
+            }
+        }
+        for (what, object) in bodies {
+            if !has_example(&object) && !has_example(deref(&spec, &object["schema"])) {
+                missing.push(format!("{name}: {what}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "openapi.yaml lacks examples: {missing:#?}"
+    );
 }
 
 /// The `$ref` of an operation's response for `status`, if it has one.
@@ -365,23 +444,53 @@ fn every_ref_resolves() {
     assert!(broken.is_empty(), "unresolved $refs: {broken:#?}");
 }
 
+/// The real server (`api::router()` behind the whole middleware stack, with the default
+/// configuration) on a free port of 127.0.0.1, with its own data directory.
+struct Running {
+    base: String,
+    stop: oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), ServerError>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            data_dir: Some(data_dir.path().to_path_buf()),
+        };
+        let config =
+            Config::load_from(None, Vec::<(String, String)>::new(), &overrides).expect("config");
+        let server = Server::bind(config).await.expect("bind");
+        let base = format!("http://{}", server.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            base,
+            stop,
+            running,
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.running
+            .await
+            .expect("server task")
+            .expect("server run");
+    }
+}
+
 /// The running server serves openapi.yaml as the file in the repository, and answers
 /// HEAD for every GET.
 #[tokio::test]
 async fn the_server_serves_the_file() {
-    let data_dir = tempfile::tempdir().expect("temp dir");
-    let overrides = Overrides {
-        listen: Some("127.0.0.1:0".parse().expect("address")),
-        data_dir: Some(data_dir.path().to_path_buf()),
-    };
-    let config =
-        Config::load_from(None, Vec::<(String, String)>::new(), &overrides).expect("config");
-    let server = Server::bind(config).await.expect("bind");
-    let base = format!("http://{}", server.local_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = Running::start().await;
+    let base = &server.base;
     let client = reqwest::Client::new();
 
     let response = client
@@ -425,6 +534,110 @@ async fn the_server_serves_the_file() {
         assert!(head.bytes().await.expect("HEAD body").is_empty());
     }
 
-    let _ = stop.send(());
-    running.await.expect("server task").expect("server run");
+    server.stop().await;
+}
+
+/// `path` of ROUTES with its placeholders filled with valid values: a fresh flow or
+/// source id and the timestamp `0:0`.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{timestamp}", "0:0")
+}
+
+/// The problem document of `response`, after checking its status and content type.
+async fn problem(response: reqwest::Response, status: u16, what: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "{what}");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{what}"
+    );
+    let problem: Value = response.json().await.expect("a problem document");
+    assert_eq!(problem["status"], status, "{what}");
+    problem
+}
+
+/// [`ROUTES`] is the router `api::router()` builds, as the running server tells it: for
+/// every path of ROUTES a method it does not take (PATCH, which no route takes) is a 405
+/// problem whose `Allow` lists exactly the route's methods (`HEAD` with `GET`, which
+/// axum adds), and paths ROUTES does not have are 404 problems. With
+/// `operations_are_the_routes`, the spec's operations are the router's.
+#[tokio::test]
+async fn routes_are_the_routers() {
+    const PROBE: Method = Method::PATCH;
+    let server = Running::start().await;
+    let client = reqwest::Client::new();
+
+    for (template, methods) in ROUTES {
+        assert!(
+            !methods.contains(&"patch"),
+            "{template}: a route takes PATCH; probe with another method"
+        );
+        let expected: BTreeSet<String> = methods.iter().map(|m| m.to_uppercase()).collect();
+        let path = concrete(template);
+        let response = client
+            .request(PROBE, format!("{}{path}", server.base))
+            .send()
+            .await
+            .expect("PATCH");
+        let status = response.status();
+        assert_eq!(
+            status, 405,
+            "PATCH {path}: {status}, not 405 (a 404: the router has no route {template}; \
+             anything else: the route takes PATCH)"
+        );
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .unwrap_or_else(|| panic!("PATCH {path}: a 405 without Allow"))
+            .to_str()
+            .expect("Allow is text")
+            .to_owned();
+        let allowed: BTreeSet<String> = allow
+            .split(',')
+            .map(|m| m.trim().to_uppercase())
+            .filter(|m| !m.is_empty())
+            .collect();
+        assert_eq!(
+            allowed, expected,
+            "{template}: the router's methods (Allow: {allow}) against ROUTES"
+        );
+        let problem = problem(response, 405, &format!("PATCH {path}")).await;
+        assert_eq!(
+            problem["type"], "urn:grainstore:problem:method-not-allowed",
+            "PATCH {path}"
+        );
+    }
+
+    let id = uuid::Uuid::new_v4();
+    for path in [
+        format!("/flows/{id}/segments"),
+        format!("/flows/{id}/grains/0:0/x"),
+        format!("/flows/{id}/grains/"),
+        format!("/sources/{id}/flows"),
+        "/service".to_owned(),
+        "/flows/".to_owned(),
+    ] {
+        assert!(
+            !ROUTES
+                .iter()
+                .any(|(template, _)| concrete(template) == path),
+            "{path} is in ROUTES"
+        );
+        for method in [Method::GET, PROBE] {
+            let response = client
+                .request(method.clone(), format!("{}{path}", server.base))
+                .send()
+                .await
+                .expect("request");
+            let what = format!("{method} {path}, a path the service does not have");
+            let problem = problem(response, 404, &what).await;
+            assert_eq!(
+                problem["type"], "urn:grainstore:problem:not-found",
+                "{what}"
+            );
+        }
+    }
+
+    server.stop().await;
 }

@@ -258,8 +258,11 @@ impl EdgeShared {
             let elapsed = started.elapsed();
             // Bodies of known size (JSON, problems, single grains); the grain streams
             // count themselves as they go, and compressed JSON was counted before its
-            // compression.
-            if let Some(n) = response.body().size_hint().exact() {
+            // compression. A `HEAD` answer's body is dropped after this layer.
+            if method != Method::HEAD
+                && !response.headers().contains_key(header::CONTENT_ENCODING)
+                && let Some(n) = response.body().size_hint().exact()
+            {
                 this.state.metrics.add_sent(n);
             }
             this.state.metrics.record_request(
@@ -310,7 +313,7 @@ impl EdgeShared {
         let browser =
             request.headers().contains_key(header::ORIGIN) || request.method() == Method::OPTIONS;
         let cors = match &self.cors {
-            Some(cors) if browser => cors.clone(),
+            Some(cors) if browser => cors,
             _ => {
                 let mut response = self
                     .clone()
@@ -498,10 +501,9 @@ impl EdgeShared {
                 .append(header::VARY, HeaderValue::from_static("accept-encoding"));
             return response;
         }
-        // Counted here, before compression: a compressed body's size is not known ahead.
-        if let Some(n) = response.body().size_hint().exact() {
-            self.state.metrics.add_sent(n);
-        }
+        // Counted here, before compression, if it is compressed: a compressed body's size
+        // is not known ahead (the compression may also choose not to compress).
+        let size = response.body().size_hint().exact();
         let mut probe = Request::new(Body::empty());
         for value in accepted.values().cloned() {
             probe.headers_mut().append(header::ACCEPT_ENCODING, value);
@@ -511,10 +513,16 @@ impl EdgeShared {
             let response = response.take().unwrap_or_default();
             async move { Ok::<_, Infallible>(response) }
         });
-        match self.compression.layer(service).oneshot(probe).await {
+        let response = match self.compression.layer(service).oneshot(probe).await {
             Ok(response) => response.map(Body::new),
             Err(never) => match never {},
+        };
+        if response.headers().contains_key(header::CONTENT_ENCODING)
+            && let Some(n) = size
+        {
+            self.state.metrics.add_sent(n);
         }
+        response
     }
 }
 

@@ -246,6 +246,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            // A route without the parameters its handler takes is the service's fault.
+            Err(e) if e.status().is_server_error() => Err(ApiError::internal(e.body_text())),
             Err(e) => Err(ApiError::bad_request(format!(
                 "bad path: {}",
                 e.body_text()

@@ -161,6 +161,51 @@ async fn metrics_count_requests_latency_bytes_and_grains_by_route() {
     assert_eq!(metric(&text, "grainstore_grains_read_total"), Some(4));
 }
 
+/// Each body is counted once in `grainstore_http_sent_bytes_total`, as it is sent: a
+/// `HEAD` answer not at all, a compressed JSON answer at its size before compression,
+/// and one a client let go uncompressed (gzip accepted but identity preferred) once.
+#[tokio::test]
+async fn sent_bytes_count_each_body_once() {
+    let app = spawn_app().await;
+    // Flows enough for a listing over the 1 KiB below which JSON is not compressed.
+    for _ in 0..8 {
+        app.create_flow().await;
+    }
+    let sent = |text: &str| metric(text, "grainstore_http_sent_bytes_total").expect("sent");
+    let before = app.metrics().await;
+    let head = app
+        .client
+        .head(app.url("/flows"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK);
+    let get = |encoding: &'static str| {
+        let request = app
+            .client
+            .get(app.url("/flows"))
+            .header("accept-encoding", encoding);
+        async move {
+            let response = request.send().await.expect("GET");
+            let compressed = response.headers().contains_key("content-encoding");
+            (compressed, response.bytes().await.expect("body"))
+        }
+    };
+    let (compressed, plain) = get("identity").await;
+    assert!(!compressed);
+    let (compressed, _) = get("gzip;q=0.5, identity").await;
+    assert!(!compressed, "identity preferred");
+    let (compressed, _) = get("gzip").await;
+    assert!(compressed, "gzip asked for");
+    let after = app.metrics().await;
+    // The first /metrics answer, then the listing three times, uncompressed.
+    assert_eq!(
+        sent(&after) - sent(&before),
+        before.len() as u64 + 3 * plain.len() as u64,
+        "{after}"
+    );
+}
+
 #[tokio::test]
 async fn the_api_spec_is_served() {
     let app = spawn_app().await;

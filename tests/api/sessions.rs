@@ -107,7 +107,7 @@ async fn a_full_session_pool_answers_503_with_retry_after() {
 /// problem, and its wait for a session ends with it: nothing is left holding one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_waiting_for_a_session_past_the_response_deadline_is_a_timeout_503() {
-    const DEADLINE_MS: u64 = 300;
+    const DEADLINE_MS: u64 = 600;
     let app = crate::helpers::spawn_app_with(|c| {
         c.storage.max_sessions = 1;
         c.storage.session_wait_ms = 20_000;
