@@ -44,12 +44,27 @@ async fn sources_list_filters_and_pages() {
     .await;
     assert_eq!(ids(&audio_only), [audio.to_string()].into());
 
+    // Named by the flow that made it: found by that flow's label and tags.
+    let named = Uuid::new_v4();
+    let mut body = flow_body(named, "video");
+    body["label"] = "camera 3".into();
+    body["tags"] = serde_json::json!({"studio": "tc1"});
+    let response = app.put_flow(Uuid::new_v4(), &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for q in [
+        query(&[("label", "camera 3")]),
+        query(&[("tag.studio", "tc1")]),
+    ] {
+        let found = json_body(app.list_sources(&q).await, StatusCode::OK).await;
+        assert_eq!(ids(&found), [named.to_string()].into(), "{q}");
+    }
+
     let mut seen = std::collections::BTreeSet::new();
     let mut url = Some(app.url("/sources?limit=1"));
     let mut pages = 0;
     while let Some(next) = url.take() {
         pages += 1;
-        assert!(pages <= 4, "paging does not end");
+        assert!(pages <= 5, "paging does not end");
         let response = app.client.get(&next).send().await.expect("GET");
         assert_eq!(response.headers()["x-paging-limit"], "1");
         let link = response
@@ -66,7 +81,10 @@ async fn sources_list_filters_and_pages() {
     }
     assert_eq!(
         seen,
-        [video, audio, data].iter().map(Uuid::to_string).collect()
+        [video, audio, data, named]
+            .iter()
+            .map(Uuid::to_string)
+            .collect()
     );
 }
 

@@ -488,6 +488,39 @@ pub async fn list_sources_filters_and_pages(make: impl MakeStore) {
         .unwrap();
     let audio: BTreeSet<_> = audio.items.iter().map(|s| s.id).collect();
     assert_eq!(&audio, &by_format[Format::Audio.as_urn()]);
+
+    // A source is named as the flow that made it, and keeps that name when later flows
+    // of it, or that flow itself, are named otherwise.
+    let mut named = flow_of(Format::Video);
+    named.label = Some("camera 3".into());
+    named.description = Some("studio TC1, wide".into());
+    named.tags.insert("studio".into(), tag("tc1"));
+    let named = create(&store, named).await;
+    let mut sibling = flow_of(Format::Video);
+    sibling.source_id = named.source_id;
+    sibling.label = Some("camera 3, proxy".into());
+    create(&store, sibling).await;
+    let mut renamed = named.clone();
+    renamed.label = Some("camera 4".into());
+    store.put_flow(renamed).await.unwrap();
+    let source = store.get_source(named.source_id).await.unwrap().unwrap();
+    assert_eq!(source.label.as_deref(), Some("camera 3"));
+    assert_eq!(source.description.as_deref(), Some("studio TC1, wide"));
+    assert_eq!(source.tags.get("studio"), Some(&tag("tc1")));
+    for filter in [
+        SourceFilter {
+            label: Some("camera 3".into()),
+            ..Default::default()
+        },
+        SourceFilter {
+            tags: vec![("studio".into(), "tc1".into())],
+            ..Default::default()
+        },
+    ] {
+        let found = store.list_sources(&filter, &all_flows()).await.unwrap();
+        let ids: Vec<_> = found.items.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [named.source_id], "{filter:?}");
+    }
 }
 
 /// Every bracket form of the timerange grammar, with the seconds it selects among

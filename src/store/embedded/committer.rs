@@ -708,9 +708,10 @@ fn put_flow(
         let source = Source {
             id: flow.source_id,
             format: flow.format,
-            label: None,
-            description: None,
-            tags: Default::default(),
+            // Named as the flow that made it: its label, description and tags.
+            label: flow.label.clone(),
+            description: flow.description.clone(),
+            tags: flow.tags.clone(),
             created: Some(now.clone()),
             updated: Some(now),
         };

@@ -805,18 +805,24 @@ impl Store for PostgresStore {
         let source = Source {
             id: flow.source_id,
             format: flow.format,
-            label: None,
-            description: None,
-            tags: Default::default(),
+            // Named as the flow that made it: its label, description and tags.
+            label: flow.label.clone(),
+            description: flow.description.clone(),
+            tags: flow.tags.clone(),
             created: Some(now.clone()),
             updated: Some(now),
         };
         let source_json = to_json(&source)?;
         let created_source = txn
             .execute(
-                "INSERT INTO sources (id, format, label, resource) VALUES ($1, $2, NULL, $3)
+                "INSERT INTO sources (id, format, label, resource) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO NOTHING",
-                &[&source.id, &source.format.as_urn(), &source_json],
+                &[
+                    &source.id,
+                    &source.format.as_urn(),
+                    &source.label,
+                    &source_json,
+                ],
             )
             .await
             .map_err(pg_error)?;
