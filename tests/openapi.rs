@@ -557,14 +557,18 @@ async fn problem(response: reqwest::Response, status: u16, what: &str) -> Value 
     problem
 }
 
-/// [`ROUTES`] is the router `api::router()` builds, as the running server tells it: for
-/// every path of ROUTES a method it does not take (PATCH, which no route takes) is a 405
-/// problem whose `Allow` lists exactly the route's methods (`HEAD` with `GET`, which
-/// axum adds), and paths ROUTES does not have are 404 problems. With
-/// `operations_are_the_routes`, the spec's operations are the router's.
+/// [`ROUTES`] is the router `api::router()` builds: its paths are the ones the router was
+/// built with (`api::routed_paths`), and, as the running server tells it, for every path a
+/// method it does not take (PATCH, which no route takes) is a 405 problem whose `Allow`
+/// lists exactly the route's methods (`HEAD` with `GET`, which axum adds); paths ROUTES
+/// does not have are 404 problems. With `operations_are_the_routes`, the spec's
+/// operations are the router's.
 #[tokio::test]
 async fn routes_are_the_routers() {
     const PROBE: Method = Method::PATCH;
+    let routed: BTreeSet<&str> = grainstore::api::routed_paths().into_iter().collect();
+    let listed: BTreeSet<&str> = ROUTES.iter().map(|(path, _)| *path).collect();
+    assert_eq!(routed, listed, "the router's paths against ROUTES");
     let server = Running::start().await;
     let client = reqwest::Client::new();
 

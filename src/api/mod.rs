@@ -30,7 +30,7 @@ pub mod sources;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, put};
+use axum::routing::{MethodRouter, get, put};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ApiResult};
@@ -122,36 +122,51 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/events", &["get", "head"]),
 ];
 
-/// Builds the service: routes, handlers and the middleware stack.
-pub fn router(state: AppState) -> direct::App {
-    let routes = Router::new()
-        .route("/", get(service::info))
-        .route("/healthz", get(service::healthz))
-        .route("/readyz", get(service::readyz))
-        .route("/metrics", get(service::metrics))
-        .route("/openapi.yaml", get(service::openapi))
-        .route("/sources", get(sources::list))
-        .route("/sources/{id}", get(sources::get_one))
-        .route("/flows", get(flows::list))
-        .route(
+/// The router's routes: each path with its handlers.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(service::info)),
+        ("/healthz", get(service::healthz)),
+        ("/readyz", get(service::readyz)),
+        ("/metrics", get(service::metrics)),
+        ("/openapi.yaml", get(service::openapi)),
+        ("/sources", get(sources::list)),
+        ("/sources/{id}", get(sources::get_one)),
+        ("/flows", get(flows::list)),
+        (
             "/flows/{id}",
             put(flows::put_one)
                 .get(flows::get_one)
                 .delete(flows::delete_one),
-        )
-        .route(
+        ),
+        (
             "/flows/{id}/grains",
             get(grains::read)
                 .post(grains::write)
                 .delete(grains::delete_range),
-        )
-        .route(
-            "/flows/{id}/grains/{timestamp}",
+        ),
+        (
+            direct::GRAIN_ROUTE,
             get(grains::get_one)
                 .put(grains::put_one)
                 .delete(grains::delete_one),
-        )
-        .route("/events", get(live::events))
+        ),
+        ("/events", get(live::events)),
+    ]
+}
+
+/// The paths the router serves, as it was built (their methods: each route's `Allow`).
+pub fn routed_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// Builds the service: routes, handlers and the middleware stack.
+pub fn router(state: AppState) -> direct::App {
+    let routes = routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
         .fallback(service::not_found)
         .method_not_allowed_fallback(service::method_not_allowed);
     middleware::stack(routes, state)
