@@ -256,12 +256,16 @@ impl EdgeShared {
             .unwrap_or_else(panic_response);
             let status = response.status();
             let elapsed = started.elapsed();
-            // Bodies of known size (JSON, problems, single grains); the grain streams
-            // count themselves as they go, and compressed JSON was counted before its
-            // compression. A `HEAD` answer's body is dropped after this layer.
+            // Bodies of known size (JSON, problems, single grains), compressed JSON at its
+            // size before compression; the grain streams count themselves as they go. A
+            // `HEAD` answer's body is dropped after this layer.
+            let size = match response.extensions().get::<Uncompressed>() {
+                Some(Uncompressed(n)) => Some(*n),
+                None if response.headers().contains_key(header::CONTENT_ENCODING) => None,
+                None => response.body().size_hint().exact(),
+            };
             if method != Method::HEAD
-                && !response.headers().contains_key(header::CONTENT_ENCODING)
-                && let Some(n) = response.body().size_hint().exact()
+                && let Some(n) = size
             {
                 this.state.metrics.add_sent(n);
             }
@@ -501,8 +505,8 @@ impl EdgeShared {
                 .append(header::VARY, HeaderValue::from_static("accept-encoding"));
             return response;
         }
-        // Counted here, before compression, if it is compressed: a compressed body's size
-        // is not known ahead (the compression may also choose not to compress).
+        // Noted for the byte count if it gets compressed: a compressed body's size is not
+        // known ahead (the compression may also choose not to compress).
         let size = response.body().size_hint().exact();
         let mut probe = Request::new(Body::empty());
         for value in accepted.values().cloned() {
@@ -517,10 +521,11 @@ impl EdgeShared {
             Ok(response) => response.map(Body::new),
             Err(never) => match never {},
         };
+        let mut response = response;
         if response.headers().contains_key(header::CONTENT_ENCODING)
             && let Some(n) = size
         {
-            self.state.metrics.add_sent(n);
+            response.extensions_mut().insert(Uncompressed(n));
         }
         response
     }
@@ -603,6 +608,10 @@ fn plain_cors_headers(cors: &CorsLayer) -> HeaderMap {
         _ => HeaderMap::new(),
     }
 }
+
+/// The size before compression of a compressed response's body, for the byte count.
+#[derive(Clone, Copy)]
+struct Uncompressed(u64);
 
 /// Compresses JSON bodies only.
 #[derive(Clone, Copy)]
