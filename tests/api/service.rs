@@ -176,6 +176,7 @@ async fn sent_bytes_count_each_body_once() {
     let head = app
         .client
         .head(app.url("/flows"))
+        .header("accept-encoding", "gzip")
         .send()
         .await
         .expect("HEAD");
