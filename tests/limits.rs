@@ -511,10 +511,11 @@ async fn requests_past_the_concurrency_limit_are_shed_at_once() {
 }
 
 /// A request body other than an upload's (a flow's JSON here) is not bounded by the
-/// body idle timeout; a client that sends half of it and stalls is answered by the
-/// response deadline instead: 503, the timeout problem, `Retry-After`, nothing stored.
+/// body idle timeout but by the response deadline; a client that sends half of it and
+/// stalls is the one at fault, so the deadline answers it 408 (`body-idle`, no
+/// `Retry-After`), not the server's 503, and nothing is stored.
 #[tokio::test]
-async fn a_stalled_json_body_is_cut_by_the_response_deadline() {
+async fn a_stalled_json_body_gets_408_at_the_response_deadline() {
     let _shared = MEASURING.read().await;
     const DEADLINE_MS: u64 = 500;
     let app = spawn(|c| {
@@ -531,18 +532,18 @@ async fn a_stalled_json_body_is_cut_by_the_response_deadline() {
         waited >= Duration::from_millis(DEADLINE_MS),
         "answered after {waited:?}, before the deadline"
     );
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.status(), 408);
+    assert!(response.headers().get("retry-after").is_none());
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
     );
     let problem: Value = response.json().await.unwrap();
     assert_eq!(
-        problem["type"], "urn:grainstore:problem:timeout",
+        problem["type"], "urn:grainstore:problem:body-idle",
         "{problem}"
     );
-    assert_eq!(problem["status"], 503, "{problem}");
+    assert_eq!(problem["status"], 408, "{problem}");
     assert!(
         problem["detail"]
             .as_str()

@@ -19,7 +19,8 @@
 //!    held by the response body until it ends;
 //! 9. a deadline for reaching response headers (not applied to uploads, which are
 //!    bounded by the body idle timeout instead, nor to the streams after their headers;
-//!    its timer is set only if the handler does not answer at its first poll);
+//!    its timer is set only if the handler does not answer at its first poll): 503, or
+//!    408 when it passes while the handler waits on the request's body;
 //! 10. compression of JSON responses only (never GSF, NDJSON or event streams, whose
 //!     payloads are media and whose latency matters), applied to the handler's finished
 //!     response, so that other responses never pass through it.
@@ -43,6 +44,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -445,6 +447,21 @@ impl EdgeShared {
         };
         let accept_encoding = AcceptEncoding::of(request.headers());
         let started = tokio::time::Instant::now();
+        // A body the handler waits for is the client's to send: when the deadline finds
+        // the handler waiting on it, the answer is the client's 408, not the server's 503.
+        let (request, body_awaited) = if upload || request.body().is_end_stream() {
+            (request, None)
+        } else {
+            let awaited = Arc::new(AtomicBool::new(false));
+            let flag = awaited.clone();
+            let request = request.map(|inner| {
+                Body::new(WatchedBody {
+                    inner,
+                    awaited: flag,
+                })
+            });
+            (request, Some(awaited))
+        };
         let serve = inner.oneshot(request).map(|r| match r {
             Ok(response) => response,
             Err(never) => match never {},
@@ -458,6 +475,18 @@ impl EdgeShared {
         } else {
             match tokio::time::timeout_at(started + self.deadline, serve).await {
                 Ok(response) => response,
+                Err(_) if body_awaited.is_some_and(|a| a.load(Ordering::Relaxed)) => {
+                    return ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "urn:grainstore:problem:body-idle",
+                        "Request body idle",
+                        format!(
+                            "the request body did not arrive whole within {} ms (limit `server.response_headers_timeout_ms`)",
+                            self.deadline.as_millis()
+                        ),
+                    )
+                    .into_response();
+                }
                 Err(_) => {
                     let mut problem = ApiError::new(
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -606,6 +635,35 @@ fn plain_cors_headers(cors: &CorsLayer) -> HeaderMap {
         Some(Ok(response)) => response.headers().clone(),
         // The CORS future does not wait on anything for such a request.
         _ => HeaderMap::new(),
+    }
+}
+
+/// A request body that records whether its reader is waiting on the client: set while
+/// its last poll found no data, cleared when data (or the end) comes.
+struct WatchedBody {
+    inner: Body,
+    awaited: Arc<AtomicBool>,
+}
+
+impl HttpBody for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.awaited.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
