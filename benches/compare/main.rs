@@ -12,7 +12,8 @@
 //! - `GS_COMPARE_WORKLOADS`: comma list of `get`, `ingest-small`, `ingest-large`,
 //!   `read-small`, `read-large`, `live`, `idle` (default: all), and `scaleout` (not in
 //!   the default set: embedded against the postgres backend with one and two replicas;
-//!   needs PostgreSQL and an S3-compatible server, see scaleout.rs);
+//!   needs PostgreSQL and an S3-compatible server; its knobs, such as
+//!   `GS_COMPARE_REPLICA_CPUS` for a CPU quota per server, are in scaleout.rs);
 //! - `GS_COMPARE_PEERS`: comma list of `axum`, `nginx`, `dd`, `redis`, `nats`
 //!   (default: all that are installed or listening);
 //! - sizes: `GS_COMPARE_SMALL` (small grains ingested), `GS_COMPARE_LARGE_MIB` (MiB of

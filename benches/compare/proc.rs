@@ -212,3 +212,60 @@ pub fn raise_fd_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// A CPU quota on one process and all its threads, as if it ran on a machine of `cpus`
+/// CPUs: a cgroup of its own under the `cpu` controller (cgroup v1's
+/// `cpu.cfs_quota_us`, or v2's `cpu.max`), undone when dropped. Needs root.
+pub struct CpuLimit {
+    pid: u32,
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl CpuLimit {
+    const PERIOD_US: u64 = 100_000;
+
+    pub fn apply(pid: u32, cpus: f64, name: &str) -> Result<CpuLimit, String> {
+        let quota = (cpus * Self::PERIOD_US as f64).round() as u64;
+        if quota < 1_000 {
+            return Err(format!("a quota of {cpus} CPUs is below 1 ms per 100 ms"));
+        }
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let write = |path: &Path, value: &str| {
+            std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let leaf = format!("grainstore-bench-{}-{name}", std::process::id());
+        let (root, dir) = if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(&leaf);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            write(&dir.join("cpu.cfs_period_us"), &Self::PERIOD_US.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            (v1.to_path_buf(), dir)
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            write(&v2.join("cgroup.subtree_control"), "+cpu")?;
+            let dir = v2.join(&leaf);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            write(
+                &dir.join("cpu.max"),
+                &format!("{quota} {}", Self::PERIOD_US),
+            )?;
+            (v2.to_path_buf(), dir)
+        } else {
+            return Err("no cgroup cpu controller under /sys/fs/cgroup".into());
+        };
+        let limit = CpuLimit { pid, dir, root };
+        write(&limit.dir.join("cgroup.procs"), &pid.to_string())?;
+        Ok(limit)
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // Back to the root group if still alive, then the group can go.
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
