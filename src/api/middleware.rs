@@ -639,10 +639,19 @@ fn plain_cors_headers(cors: &CorsLayer) -> HeaderMap {
 }
 
 /// A request body that records whether its reader is waiting on the client: set while
-/// its last poll found no data, cleared when data (or the end) comes.
+/// its last poll found no data, cleared when data (or the end) comes and when the body
+/// is dropped. (Over HTTP/2 "no data" could also be the connection's own backlog; the
+/// JSON bodies this guards are small enough to fit in one flow-control window.)
 struct WatchedBody {
     inner: Body,
     awaited: Arc<AtomicBool>,
+}
+
+impl Drop for WatchedBody {
+    /// A body the handler dropped is no longer waited for.
+    fn drop(&mut self) {
+        self.awaited.store(false, Ordering::Relaxed);
+    }
 }
 
 impl HttpBody for WatchedBody {
@@ -733,6 +742,59 @@ mod tests {
     fn app(routes: Router<AppState>) -> (App, AppState, tempfile::TempDir) {
         let (state, dir) = super::super::test_state();
         (stack(routes, state.clone()), state, dir)
+    }
+
+    /// The deadline for response headers blames the client (408) only while the handler
+    /// waits on the request's body: not once the body is read whole, nor once the handler
+    /// has dropped it unread.
+    #[tokio::test]
+    async fn the_deadline_answers_408_only_while_the_body_is_awaited() {
+        use axum::routing::put;
+        use http_body_util::BodyExt;
+        let routes = Router::new()
+            .route(
+                "/read",
+                put(|body: Body| async move {
+                    let _ = axum::body::to_bytes(body, 1 << 20).await;
+                    std::future::pending::<()>().await;
+                }),
+            )
+            .route(
+                "/abandon",
+                put(|mut body: Body| async move {
+                    let _first = body.frame().await;
+                    assert!(futures::poll!(body.frame()).is_pending());
+                    drop(body);
+                    std::future::pending::<()>().await;
+                }),
+            );
+        let (state, _dir) = super::super::test_state();
+        let mut config = (*state.config).clone();
+        config.server.response_headers_timeout_ms = 200;
+        let app = stack(routes, AppState::new(state.store.clone(), config));
+        for (path, stalls, expected) in [
+            ("/read", false, 503),
+            ("/read", true, 408),
+            ("/abandon", true, 503),
+        ] {
+            let (more, rest) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Infallible>>(1);
+            let body = if stalls {
+                more.send(Ok(bytes::Bytes::from_static(b"{\"half")))
+                    .await
+                    .ok();
+                Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rest))
+            } else {
+                Body::from("{}")
+            };
+            let request = Request::put(path).body(body).expect("request");
+            let response = app.clone().oneshot(request).await.expect("response");
+            assert_eq!(
+                response.status(),
+                expected,
+                "{path}, stalled body: {stalls}"
+            );
+            drop(more);
+        }
     }
 
     #[tokio::test]
