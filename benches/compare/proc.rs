@@ -213,13 +213,19 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// A CPU quota on one process and all its threads, as if it ran on a machine of `cpus`
-/// CPUs: a cgroup of its own under the `cpu` controller (cgroup v1's
-/// `cpu.cfs_quota_us`, or v2's `cpu.max`), undone when dropped. Needs root.
+/// A CPU quota on one process and all its threads: a cgroup of its own under the `cpu`
+/// controller (cgroup v1's `cpu.cfs_quota_us`, or v2's `cpu.max`), with the process
+/// moved back to the group it came from when dropped. Needs root, and for cgroup v2 a
+/// hierarchy whose root may enable the `cpu` controller for its children (not a
+/// container's namespaced cgroup that holds processes itself).
 pub struct CpuLimit {
     pid: u32,
+    /// The group made for the process.
     dir: std::path::PathBuf,
-    root: std::path::PathBuf,
+    /// Its path within the hierarchy, as `/proc/PID/cgroup` names it.
+    name: String,
+    /// The group the process was in.
+    home: std::path::PathBuf,
 }
 
 impl CpuLimit {
@@ -230,42 +236,75 @@ impl CpuLimit {
         if quota < 1_000 {
             return Err(format!("a quota of {cpus} CPUs is below 1 ms per 100 ms"));
         }
-        let v1 = Path::new("/sys/fs/cgroup/cpu");
-        let v2 = Path::new("/sys/fs/cgroup");
         let write = |path: &Path, value: &str| {
             std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
         };
-        let leaf = format!("grainstore-bench-{}-{name}", std::process::id());
-        let (root, dir) = if v1.join("cpu.cfs_quota_us").exists() {
-            let dir = v1.join(&leaf);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            write(&dir.join("cpu.cfs_period_us"), &Self::PERIOD_US.to_string())?;
-            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-            (v1.to_path_buf(), dir)
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let (mount, v1_in_use) = if v1.join("cpu.cfs_quota_us").exists() {
+            (v1, true)
         } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
         {
-            write(&v2.join("cgroup.subtree_control"), "+cpu")?;
-            let dir = v2.join(&leaf);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            write(
-                &dir.join("cpu.max"),
-                &format!("{quota} {}", Self::PERIOD_US),
-            )?;
-            (v2.to_path_buf(), dir)
+            (v2, false)
         } else {
             return Err("no cgroup cpu controller under /sys/fs/cgroup".into());
         };
-        let limit = CpuLimit { pid, dir, root };
+        let current = Self::group_of(pid, v1_in_use)
+            .ok_or_else(|| format!("cannot read the cgroup of process {pid}"))?;
+        if !v1_in_use {
+            write(&v2.join("cgroup.subtree_control"), "+cpu").map_err(|e| {
+                format!("{e} (the cpu controller cannot be enabled at the root of this cgroup hierarchy)")
+            })?;
+        }
+        let leaf = format!("grainstore-bench-{}-{name}", std::process::id());
+        let dir = mount.join(&leaf);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let limit = CpuLimit {
+            pid,
+            dir,
+            name: format!("/{leaf}"),
+            home: mount.join(current.trim_start_matches('/')),
+        };
+        if v1_in_use {
+            write(
+                &limit.dir.join("cpu.cfs_period_us"),
+                &Self::PERIOD_US.to_string(),
+            )?;
+            write(&limit.dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        } else {
+            write(
+                &limit.dir.join("cpu.max"),
+                &format!("{quota} {}", Self::PERIOD_US),
+            )?;
+        }
         write(&limit.dir.join("cgroup.procs"), &pid.to_string())?;
         Ok(limit)
+    }
+
+    /// The path of `pid`'s group in the `cpu` hierarchy (v1) or the unified one (v2).
+    fn group_of(pid: u32, v1: bool) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let matches = if v1 {
+                controllers.split(',').any(|c| c == "cpu")
+            } else {
+                controllers.is_empty()
+            };
+            matches.then(|| path.to_string())
+        })
     }
 }
 
 impl Drop for CpuLimit {
     fn drop(&mut self) {
-        // Back to the root group if still alive, then the group can go.
-        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        // Home again if it is still in the group (a pid that exited may be reused).
+        let v1 = self.dir.starts_with("/sys/fs/cgroup/cpu");
+        if Self::group_of(self.pid, v1).is_some_and(|g| g == self.name) {
+            let _ = std::fs::write(self.home.join("cgroup.procs"), self.pid.to_string());
+        }
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

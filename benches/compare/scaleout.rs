@@ -429,7 +429,7 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
     drop(limited);
 
     let a = start_replica(dir, "replica-a", &machine, &schema).await;
-    let _limit_a = limit(a.server.pid, "replica-a");
+    let limit_a = limit(a.server.pid, "replica-a");
     let one = System {
         name: "postgres + S3, 1 replica",
         replicas: vec![&a],
@@ -439,7 +439,7 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
     figures.push(measure(plan, &one, mib, small, &subs).await);
 
     let b = start_replica(dir, "replica-b", &machine, &schema).await;
-    let _limit_b = limit(b.server.pid, "replica-b");
+    let limit_b = limit(b.server.pid, "replica-b");
     let two = System {
         name: "postgres + S3, 2 replicas",
         replicas: vec![&a, &b],
@@ -447,6 +447,7 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
         s3_pid,
     };
     figures.push(measure(plan, &two, mib, small, &subs).await);
+    drop((limit_a, limit_b));
     drop((a, b));
     cleanup.run(&machine).await;
 
