@@ -60,7 +60,34 @@ struct Shape<'a> {
     #[serde(borrow, rename = "topic")]
     _topic: Cow<'a, str>,
     #[serde(borrow, rename = "data")]
-    _data: Vec<DatumShape<'a>>,
+    _data: Vec<Object<DatumShape<'a>>>,
+}
+
+/// A struct read from a JSON object only. serde's derived structs also take an array of
+/// their fields in order (`["urn:x", "topic", []]`), which `mediagrains` cannot read as
+/// an event: the payload bytes are kept as they came, so they must be the object form.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 #[derive(Deserialize)]
@@ -82,7 +109,7 @@ impl EventPayload {
     /// Checks that bytes are an event document without building one (the GSF decoder
     /// calls this for every event grain, so it must be cheap).
     pub fn validate(bytes: &[u8]) -> Result<(), GrainError> {
-        serde_json::from_slice::<Shape<'_>>(bytes)
+        serde_json::from_slice::<Object<Shape<'_>>>(bytes)
             .map(|_| ())
             .map_err(GrainError::EventPayload)
     }
@@ -275,5 +302,26 @@ mod tests {
         );
         assert!(EventPayload::validate(&event.to_python_json()).is_ok());
         assert!(EventPayload::validate(b"{\"type\": 1}").is_err());
+    }
+
+    /// serde would take a struct from an array of its fields; an event payload (which
+    /// is stored as it came) must be the object form `mediagrains` reads, at both levels.
+    #[test]
+    fn event_documents_are_objects_not_arrays() {
+        let ok = br#" {"type": "urn:x", "topic": "/t", "data": [{"path": "/a", "pre": [1]}]} "#;
+        assert!(EventPayload::validate(ok).is_ok());
+        for refused in [
+            &br#"["urn:x", "/t", []]"#[..],
+            br#"["urn:x", "/t", [{"path": "/a"}]]"#,
+            br#"{"type": "urn:x", "topic": "/t", "data": [["/a"]]}"#,
+            br#"{"type": "urn:x", "topic": "/t", "data": [["/a", 1, 2]]}"#,
+        ] {
+            let error = EventPayload::validate(refused).expect_err("an array is not an event");
+            assert!(
+                error.to_string().contains("a JSON object"),
+                "{}: {error}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 }
