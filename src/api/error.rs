@@ -128,6 +128,16 @@ impl ApiError {
         )
     }
 
+    /// 408: a request body that did not arrive in time; `limit` names the setting.
+    pub fn body_idle(limit: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "urn:grainstore:problem:body-idle",
+            "Request body idle",
+            format!("{} (limit `{limit}`)", detail.into()),
+        )
+    }
+
     /// 413: something is over a configured limit.
     pub fn too_large(limit: &str, detail: impl Into<String>) -> ApiError {
         ApiError::new(

@@ -261,14 +261,9 @@ pub async fn write(
                 match waited {
                     Ok(next) => next,
                     Err(_) => {
-                        let problem = ApiError::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "urn:grainstore:problem:body-idle",
-                            "Request body idle",
-                            format!(
-                                "the body completed no grain for {} ms (limit `server.body_idle_timeout_ms`)",
-                                idle.as_millis()
-                            ),
+                        let problem = ApiError::body_idle(
+                            "server.body_idle_timeout_ms",
+                            format!("the body completed no grain for {} ms", idle.as_millis()),
                         );
                         return Err(upload.fault(&mut session, problem).await);
                     }
@@ -721,12 +716,10 @@ pub async fn put_one(
     let idle = Duration::from_millis(state.config.server.body_idle_timeout_ms);
     let read = tokio::time::timeout(idle, axum::body::to_bytes(body, limit)).await;
     let Ok(read) = read else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "urn:grainstore:problem:body-idle",
-            "Request body idle",
+        return Err(ApiError::body_idle(
+            "server.body_idle_timeout_ms",
             format!(
-                "the grain did not arrive whole within {} ms (limit `server.body_idle_timeout_ms`)",
+                "the grain did not arrive whole within {} ms",
                 idle.as_millis()
             ),
         ));

@@ -476,12 +476,10 @@ impl EdgeShared {
             match tokio::time::timeout_at(started + self.deadline, serve).await {
                 Ok(response) => response,
                 Err(_) if body_awaited.is_some_and(|a| a.load(Ordering::Relaxed)) => {
-                    return ApiError::new(
-                        axum::http::StatusCode::REQUEST_TIMEOUT,
-                        "urn:grainstore:problem:body-idle",
-                        "Request body idle",
+                    return ApiError::body_idle(
+                        "server.response_headers_timeout_ms",
                         format!(
-                            "the request body did not arrive whole within {} ms (limit `server.response_headers_timeout_ms`)",
+                            "the request body did not arrive whole within {} ms",
                             self.deadline.as_millis()
                         ),
                     )
