@@ -280,6 +280,7 @@ async fn slow_loris_is_ended(app: &App, every: Duration) {
         .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 408);
+    assert_eq!(response.headers()["connection"], "close");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "urn:grainstore:problem:body-idle");
     assert!(
@@ -534,6 +535,7 @@ async fn a_stalled_json_body_gets_408_at_the_response_deadline() {
     );
     assert_eq!(response.status(), 408);
     assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(response.headers()["connection"], "close");
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json"
@@ -561,6 +563,33 @@ async fn a_stalled_json_body_gets_408_at_the_response_deadline() {
         .unwrap();
     assert_eq!(response.status(), 404);
     app.create_flow(None).await;
+}
+
+/// After a 408 the rest of the request's body may still come, so the server says
+/// `Connection: close` and closes the connection instead of reading what follows as a
+/// request of its own.
+#[tokio::test]
+async fn a_408_closes_the_connection() {
+    let _shared = MEASURING.read().await;
+    let app = spawn(|c| {
+        c.server.response_headers_timeout_ms = 500;
+        c.server.body_idle_timeout_ms = 60_000;
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "PUT /flows/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: 200\r\n\r\n{{\"source_id\":",
+        Uuid::new_v4()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf)).await;
+    let answer = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(read.is_ok(), "the connection stayed open after: {answer}");
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert_eq!(answer.matches("http/1.1 ").count(), 1, "{answer}");
 }
 
 /// A single-grain PUT is an upload: a body that keeps arriving is not cut by the response

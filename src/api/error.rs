@@ -296,6 +296,11 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the request's body may still be on its way: the connection
+            // cannot carry another request, and the client is told so (RFC 9110, 408).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(challenge) = self
             .www_authenticate
             .as_deref()
