@@ -5,11 +5,15 @@
 //!
 //! The server CPU of the scale-out rows is that of every process serving the work: the
 //! replicas, the PostgreSQL backends of their connections (found by their client
-//! ports) and s3s-fs. PostgreSQL's background processes (WAL writer, checkpointer) are
-//! shared with anything else using the instance and are reported apart.
+//! ports) and the S3 server (the process listening at the endpoint's port).
+//! PostgreSQL's background processes (WAL writer, checkpointer) are shared with
+//! anything else using the instance and are reported apart.
 //!
 //! Needs `GRAINSTORE_TEST_POSTGRES_URL` and `GRAINSTORE_TEST_S3_ENDPOINT`, `_BUCKET`,
 //! `_ACCESS_KEY`, `_SECRET_KEY` (as the tests); skips with a line saying so otherwise.
+//! Any S3-compatible server will do, and how it sends an object shapes the replica's
+//! read cost: s3s-fs (the tests' server) sends a GET's body in 4 KiB chunks, each a
+//! wake-up of the replica; s3rver (npm) reads files 64 KiB at a time.
 //! Sizes: `GS_COMPARE_SCALEOUT_MIB` (MiB of 1 MiB grains ingested per system, read back
 //! twice), `GS_COMPARE_SMALL` (small grains per system), `GS_COMPARE_SECS` (seconds per
 //! live run), `GS_COMPARE_SCALEOUT_SUBS` (subscriber counts, `1,100`),
@@ -388,11 +392,16 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
             .join(" ")
     ));
     let s3_pid = machine.s3_port().and_then(pid_listening_on);
-    if s3_pid.is_none() {
-        report.note(format!(
+    match s3_pid {
+        Some(pid) => report.note(format!(
+            "scale-out: the S3 server at {} is process {pid}, `{}`",
+            machine.s3_endpoint,
+            command_line(pid)
+        )),
+        None => report.note(format!(
             "scale-out: no process of this machine listens at {}: the S3 server's CPU is not counted",
             machine.s3_endpoint
-        ));
+        )),
     }
     let quota: Option<f64> = std::env::var("GS_COMPARE_REPLICA_CPUS").ok().map(|v| {
         v.parse()
@@ -751,14 +760,27 @@ async fn subscriber(
     receipts
 }
 
-/// "total (replicas a, PostgreSQL backends b, s3s-fs c)" per `unit` of work.
+/// A process's command line, its arguments apart by spaces.
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// "total (replicas a, PostgreSQL backends b, object store c)" per `unit` of work.
 fn cpu_cell(usage: &Usage, units: f64, unit: &str) -> String {
     let per = |cpu: f64| cpu / units;
     if usage.backends == 0.0 && usage.s3 == 0.0 && usage.pg_shared == 0.0 {
         return format!("{:.2} CPU-s/{unit}", per(usage.cpu()));
     }
     format!(
-        "{:.2} CPU-s/{unit} (replicas {:.2}, PG backends {:.2}, s3s-fs {:.2}; PG background {:.2} apart)",
+        "{:.2} CPU-s/{unit} (replicas {:.2}, PG backends {:.2}, object store {:.2}; PG background {:.2} apart)",
         per(usage.cpu()),
         per(usage.replicas),
         per(usage.backends),
@@ -792,7 +814,7 @@ fn rows(
     );
     let cost = cpu(&o) / cpu(&e);
     // The object store's share apart: in production it is a service of its own (S3),
-    // here s3s-fs on the same two vCPUs.
+    // here the S3 server on the same two vCPUs.
     let own = (o.replicas + o.backends) / e.cpu();
     report.row(
         work,
