@@ -149,8 +149,8 @@ async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) 
             "GRAINSTORE__STORAGE__S3_ALLOW_HTTP",
             machine.s3_endpoint.starts_with("http://").to_string(),
         )
-        // What `auto` does against an HTTPS object store in production; s3s-fs here
-        // answers on plain HTTP, where `auto` would sign every upload's SHA-256.
+        // What `auto` does against an HTTPS object store in production; the test S3
+        // server here answers on plain HTTP, where `auto` would sign every upload's SHA-256.
         .env("GRAINSTORE__STORAGE__S3_PAYLOAD_SIGNING", "unsigned")
         .env("GRAINSTORE__STORAGE__S3_REGION", "us-east-1")
         .env(
@@ -760,17 +760,38 @@ async fn subscriber(
     receipts
 }
 
-/// A process's command line, its arguments apart by spaces.
+/// A process's command line, its arguments apart by spaces, with the value of every
+/// argument that names a secret, key, password or token hidden (S3 servers take their
+/// credentials on the command line, and the report is meant to be shared).
 fn command_line(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return "(gone)".into();
+    };
+    let secret = |arg: &str| {
+        let arg = arg.to_ascii_lowercase();
+        ["secret", "key", "password", "token"]
+            .iter()
+            .any(|word| arg.contains(word))
+    };
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for arg in raw.split(|&b| b == 0).filter(|a| !a.is_empty()) {
+        let arg = String::from_utf8_lossy(arg);
+        if std::mem::take(&mut hide_next) {
+            out.push("***".to_string());
+        } else if arg.starts_with('-') && secret(&arg) {
+            match arg.split_once('=') {
+                Some((name, _)) => out.push(format!("{name}=***")),
+                None => {
+                    out.push(arg.into_owned());
+                    hide_next = true;
+                }
+            }
+        } else {
+            out.push(arg.into_owned());
+        }
+    }
+    out.join(" ")
 }
 
 /// "total (replicas a, PostgreSQL backends b, object store c)" per `unit` of work.
@@ -827,7 +848,8 @@ fn rows(
             o_rate / e_rate
         ),
         // The goal is the backend's own cost: the object store is a service of its own
-        // in production, and s3s-fs alone spends several times the embedded store's CPU.
+        // in production, and the test S3 servers alone spend several times the embedded
+        // store's CPU.
         verdict(own <= 2.0, "CPU ≤ 2x embedded, the object store's apart"),
     );
     let scale = t_rate / o_rate;
