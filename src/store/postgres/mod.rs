@@ -660,6 +660,17 @@ impl PostgresStore {
     }
 }
 
+/// Creates a flow, or replaces what a `PUT` gives of it.
+const UPSERT_FLOW: &str = "INSERT INTO flows (id, source_id, format, label, read_only, resource)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET source_id = EXCLUDED.source_id,
+       format = EXCLUDED.format, label = EXCLUDED.label,
+       read_only = EXCLUDED.read_only, resource = EXCLUDED.resource";
+
+/// Creates the source a flow names, unless it exists.
+const INSERT_SOURCE: &str = "INSERT INTO sources (id, format, label, resource)
+     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING";
+
 /// Records `events` in `txn` and notifies the schema's channel of each (delivered when
 /// the caller commits).
 ///
@@ -761,16 +772,26 @@ impl Store for PostgresStore {
     }
 
     async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
+        let txn = txn::Txn::new(self.client().await?);
+        let client = txn.client();
         let now = now_rfc3339();
         let mut flow = flow;
-        let previous = txn
-            .query_opt(
-                "SELECT resource FROM flows WHERE id = $1 FOR UPDATE",
-                &[&flow.id],
-            )
+        // Prepared first (once per connection), so that `BEGIN` and the lock on the
+        // flow's row go to the server together.
+        let select = client
+            .prepare_cached("SELECT resource FROM flows WHERE id = $1 FOR UPDATE")
             .await
+            .map_err(pg_error)?;
+        let upsert = client.prepare_cached(UPSERT_FLOW).await.map_err(pg_error)?;
+        let insert_source = client
+            .prepare_cached(INSERT_SOURCE)
+            .await
+            .map_err(pg_error)?;
+        let (begun, previous) = futures::join!(txn.begin("BEGIN"), async {
+            client.query_opt(&select, &[&flow.id]).await
+        });
+        begun.map_err(pg_error)?;
+        let previous = previous
             .map_err(pg_error)?
             .map(|row| flow_from_json(row.get(0)))
             .transpose()?;
@@ -782,13 +803,9 @@ impl Store for PostgresStore {
         );
         flow.metadata_updated = Some(now.clone());
         let resource = to_json(&flow)?;
-        let inserted = txn
+        let inserted = client
             .execute(
-                "INSERT INTO flows (id, source_id, format, label, read_only, resource)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET source_id = EXCLUDED.source_id,
-                   format = EXCLUDED.format, label = EXCLUDED.label,
-                   read_only = EXCLUDED.read_only, resource = EXCLUDED.resource",
+                &upsert,
                 &[
                     &flow.id,
                     &flow.source_id,
@@ -813,10 +830,9 @@ impl Store for PostgresStore {
             updated: Some(now),
         };
         let source_json = to_json(&source)?;
-        let created_source = txn
+        let created_source = client
             .execute(
-                "INSERT INTO sources (id, format, label, resource) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO NOTHING",
+                &insert_source,
                 &[
                     &source.id,
                     &source.format.as_urn(),
@@ -844,7 +860,7 @@ impl Store for PostgresStore {
             source: Some(flow.source_id),
             body: resource,
         });
-        record_events(&self.shared, &txn, &events).await?;
+        record_events(&self.shared, client, &events).await?;
         // Forgotten whether or not the commit's answer arrives: it may have committed.
         let committed = txn.commit().await;
         self.shared.writable.changed(flow.id);
@@ -882,23 +898,26 @@ impl Store for PostgresStore {
     }
 
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        let deleted = txn
-            .execute("DELETE FROM flows WHERE id = $1", &[&id])
+        let txn = txn::Txn::new(self.client().await?);
+        let client = txn.client();
+        let delete = client
+            .prepare_cached("DELETE FROM flows WHERE id = $1")
             .await
             .map_err(pg_error)?;
+        // Not sent with `BEGIN`: behind a `BEGIN` that failed, it would commit on its own.
+        txn.begin("BEGIN").await.map_err(pg_error)?;
+        let deleted = client.execute(&delete, &[&id]).await.map_err(pg_error)?;
         if deleted == 0 {
             return Ok(false);
         }
-        writer::delete_range(&self.shared, &txn, id, &TimeRange::eternity()).await?;
+        writer::delete_range(&self.shared, client, id, &TimeRange::eternity()).await?;
         let events = [PendingEvent {
             event_type: "flows/deleted",
             flow: Some(id),
             source: None,
             body: serde_json::json!({ "flow_id": id }),
         }];
-        record_events(&self.shared, &txn, &events).await?;
+        record_events(&self.shared, client, &events).await?;
         let committed = txn.commit().await;
         self.shared.writable.changed(id);
         committed.map_err(pg_error)?;
@@ -1047,14 +1066,18 @@ impl Store for PostgresStore {
     }
 
     async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        let row = txn
-            .query_opt(writer::FLOW_WRITABLE, &[&flow])
+        let txn = txn::Txn::new(self.client().await?);
+        let client = txn.client();
+        let writable = client
+            .prepare_cached(writer::FLOW_WRITABLE)
             .await
             .map_err(pg_error)?;
-        writable_from(flow, row.as_ref())?;
-        let deleted = writer::delete_range(&self.shared, &txn, flow, range).await?;
+        let (begun, row) = futures::join!(txn.begin("BEGIN"), async {
+            client.query_opt(&writable, &[&flow]).await
+        });
+        begun.map_err(pg_error)?;
+        writable_from(flow, row.map_err(pg_error)?.as_ref())?;
+        let deleted = writer::delete_range(&self.shared, client, flow, range).await?;
         if deleted == 0 {
             return Ok(0);
         }
@@ -1064,7 +1087,7 @@ impl Store for PostgresStore {
             source: None,
             body: serde_json::json!({ "flow_id": flow, "timerange": range.to_string() }),
         }];
-        record_events(&self.shared, &txn, &events).await?;
+        record_events(&self.shared, client, &events).await?;
         txn.commit().await.map_err(pg_error)?;
         self.shared.notifier.notify(flow);
         Ok(deleted)
