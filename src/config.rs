@@ -253,6 +253,9 @@ impl ServerConfig {
     }
 }
 
+/// The directory under `storage.data_dir` of a replica's object cache.
+pub const OBJECT_CACHE_DIR: &str = "object-cache";
+
 impl Config {
     /// The PostgreSQL store's settings.
     pub fn postgres(&self) -> crate::store::postgres::PostgresConfig {
@@ -273,6 +276,8 @@ impl Config {
                 s3_allow_http: s.s3_allow_http,
                 s3_payload_signing: s.s3_payload_signing,
             },
+            object_cache: (s.object_cache_bytes > 0)
+                .then(|| (s.data_dir.join(OBJECT_CACHE_DIR), s.object_cache_bytes)),
             max_sessions: s.max_sessions,
             session_wait: Duration::from_millis(s.session_wait_ms),
             inline_max: s.inline_max_bytes,
@@ -363,6 +368,9 @@ pub struct StorageConfig {
     /// Whether uploads' bodies are signed: `auto` (unsigned unless `s3_allow_http`),
     /// `signed` or `unsigned`.
     pub s3_payload_signing: crate::store::postgres::PayloadSigning,
+    /// Bytes of payload objects a replica keeps in `data_dir/object-cache` (postgres
+    /// backend); 0 for none.
+    pub object_cache_bytes: u64,
     /// Seconds an unreferenced payload object is kept before it is deleted.
     pub gc_grace_secs: u64,
     /// Seconds between garbage collections; 0 disables them.
@@ -922,6 +930,20 @@ mod tests {
         .unwrap();
         assert_eq!(config.storage.backend, Backend::Postgres);
         assert_eq!(config.postgres().objects.url, "s3://bucket/prefix");
+        // No object cache unless asked for; when asked, under the data directory.
+        assert_eq!(config.postgres().object_cache, None);
+        let config = load(&[
+            url,
+            ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://"),
+            ("GRAINSTORE__STORAGE__MAX_SESSIONS", "24"),
+            ("GRAINSTORE__STORAGE__DATA_DIR", "/srv/gs"),
+            ("GRAINSTORE__STORAGE__OBJECT_CACHE_BYTES", "1073741824"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.postgres().object_cache,
+            Some((PathBuf::from("/srv/gs/object-cache"), 1 << 30))
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ struct ServeArgs {
     /// Address to listen on (overrides `server.listen`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Directory of the embedded store (overrides `storage.data_dir`).
+    /// Directory of the embedded store, or of the postgres backend's object cache
+    /// (overrides `storage.data_dir`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// A TOML file overriding the defaults (see config/default.toml).

@@ -55,7 +55,8 @@ pub struct Server {
 
 impl Server {
     /// Opens the store and binds the listen address. The data directory is made for the
-    /// embedded backend only: the postgres backend stores nothing locally.
+    /// embedded backend here; the postgres backend keeps nothing locally but its object
+    /// cache, if it has one, whose directory the store makes.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         if config.storage.backend == Backend::Embedded {
             std::fs::create_dir_all(&config.storage.data_dir).map_err(|source| {

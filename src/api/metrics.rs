@@ -81,8 +81,8 @@ impl Metrics {
         self.grains_read.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The text exposition, with the gauges sampled now.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    /// The text exposition, with the gauges and the backend's own figures sampled now.
+    pub fn render(&self, gauges: &Gauges, store: &[crate::store::StoreMetric]) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -187,6 +187,12 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {value}");
+        }
+        for m in store {
+            let kind = if m.counter { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# HELP {} {}", m.name, m.help);
+            let _ = writeln!(out, "# TYPE {} {kind}", m.name);
+            let _ = writeln!(out, "{} {}", m.name, m.value);
         }
         out
     }

@@ -826,7 +826,7 @@ mod tests {
             live_streams: 0,
             live_fanouts: 0,
         };
-        let text = state.metrics.render(&gauges);
+        let text = state.metrics.render(&gauges, &[]);
         assert!(
             text.contains(
                 r#"grainstore_http_requests_total{route="/boom",method="GET",status="500"} 2"#

@@ -42,12 +42,15 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<serde_json:
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let sessions = state.store.sessions();
-    let body = state.metrics.render(&Gauges {
-        sessions_active: sessions.active(),
-        sessions_max: sessions.capacity(),
-        live_streams: state.streams.open(),
-        live_fanouts: state.fanouts.count(),
-    });
+    let body = state.metrics.render(
+        &Gauges {
+            sessions_active: sessions.active(),
+            sessions_max: sessions.capacity(),
+            live_streams: state.streams.open(),
+            live_fanouts: state.fanouts.count(),
+        },
+        &state.store.store_metrics(),
+    );
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

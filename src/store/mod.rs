@@ -307,6 +307,19 @@ pub trait GrainWriter: Send + Sync + 'static {
     }
 }
 
+/// One figure of a backend's own for `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreMetric {
+    /// The metric's name, `grainstore_` first.
+    pub name: &'static str,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+    /// A counter (only grows) or a gauge.
+    pub counter: bool,
+    /// The value now.
+    pub value: u64,
+}
+
 /// A store of flows, sources and grains.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -316,6 +329,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// The session pool, for its gauge.
     fn sessions(&self) -> &SessionPool;
+    /// The backend's own figures for `/metrics`, sampled now; none by default.
+    fn store_metrics(&self) -> Vec<StoreMetric> {
+        Vec::new()
+    }
 
     /// Creates or replaces a flow, creating its source if unknown. The store sets
     /// `created` (kept from the existing flow on update) and `metadata_updated`.

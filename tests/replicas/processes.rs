@@ -77,7 +77,13 @@ struct Replica {
 impl Replica {
     /// Starts the binary with the postgres backend on `schema` and the bucket prefix of
     /// the same name, and waits until it is ready.
-    async fn start(name: &'static str, machine: &Machine, schema: &str) -> Replica {
+    /// Starts a replica; `object_cache` is its `storage.object_cache_bytes`.
+    async fn start(
+        name: &'static str,
+        machine: &Machine,
+        schema: &str,
+        object_cache: u64,
+    ) -> Replica {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("server.log");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -104,6 +110,10 @@ impl Replica {
             .env("GRAINSTORE__STORAGE__POSTGRES_SCHEMA", schema)
             .env("GRAINSTORE__STORAGE__POSTGRES_POOL_SIZE", pool.to_string())
             .env("GRAINSTORE__STORAGE__MAX_SESSIONS", (pool - 2).to_string())
+            .env(
+                "GRAINSTORE__STORAGE__OBJECT_CACHE_BYTES",
+                object_cache.to_string(),
+            )
             .env(
                 "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
                 format!("s3://{}/{schema}", machine.s3_bucket),
@@ -352,8 +362,9 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
     // Declared first, dropped last: after both processes are gone.
     let _schema = SchemaGuard::new(&machine.postgres_url, &schema);
     // One after the other: the first makes the schema's tables.
-    let mut a = Replica::start("A", &machine, &schema).await;
-    let b = Replica::start("B", &machine, &schema).await;
+    // B keeps the payload objects it uploads and reads in a cache of its own.
+    let mut a = Replica::start("A", &machine, &schema, 0).await;
+    let b = Replica::start("B", &machine, &schema, 64 << 20).await;
     let client = reqwest::Client::new();
 
     let (flow, source) = (Uuid::new_v4(), Uuid::new_v4());
@@ -435,26 +446,59 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
         assert_eq!(streams, expected_streams, "{name}: streams used");
     }
 
-    // The whole flow through B, byte for byte.
-    let response = client
-        .get(b.url(&grains_path))
-        .header("accept", "application/x-gsf")
-        .send()
-        .await
-        .expect("read");
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.bytes().await.expect("body");
-    let read: Vec<Grain> = GsfDecoder::decode_all(body)
-        .expect("a valid GSF body")
-        .into_iter()
-        .filter_map(|event| match event {
-            GsfEvent::Grain { grain, .. } => Some(grain),
-            _ => None,
-        })
-        .collect();
-    assert_same_grains(&read, &written);
-    for (got, want) in read.iter().zip(&written) {
-        assert_eq!(got.payload(), want.payload(), "{}", want.origin_timestamp());
+    // The whole flow through B, byte for byte: twice, the second time from B's cache.
+    let cache = |text: &str, name: &str| metric(text, &format!("grainstore_object_cache_{name}"));
+    let mut misses = Vec::new();
+    let mut hits = Vec::new();
+    for _ in 0..2 {
+        // The cache stores in the background: let what the last read fetched settle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let response = client
+            .get(b.url(&grains_path))
+            .header("accept", "application/x-gsf")
+            .send()
+            .await
+            .expect("read");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.bytes().await.expect("body");
+        let read: Vec<Grain> = GsfDecoder::decode_all(body)
+            .expect("a valid GSF body")
+            .into_iter()
+            .filter_map(|event| match event {
+                GsfEvent::Grain { grain, .. } => Some(grain),
+                _ => None,
+            })
+            .collect();
+        assert_same_grains(&read, &written);
+        for (got, want) in read.iter().zip(&written) {
+            assert_eq!(got.payload(), want.payload(), "{}", want.origin_timestamp());
+        }
+        let text = client
+            .get(b.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        misses.push(cache(&text, "misses_total"));
+        hits.push(cache(&text, "hits_total"));
     }
+    eprintln!("B's object cache after each read: hits {hits:?}, misses {misses:?}");
+    // A's uploads were read from the object store at least once; the second read found
+    // everything in B's cache.
+    assert!(misses[0] > 0, "misses {misses:?}");
+    assert_eq!(
+        misses[1], misses[0],
+        "the second read went to the object store"
+    );
+    assert!(hits[1] > hits[0], "hits {hits:?}");
     drop(b);
+}
+
+/// The value of the unlabelled metric `name` in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
 }

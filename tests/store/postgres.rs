@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use grainstore::grain::Grain;
 use grainstore::store::postgres::{ObjectStoreConfig, PostgresConfig, PostgresStore};
 use grainstore::store::{FlowId, GrainQuery, Order, Store, StoreError};
 use grainstore::time::{Bound, TimeRange, Timestamp};
@@ -30,10 +31,12 @@ fn var(name: &str) -> String {
     })
 }
 
-/// Drops the test's schema (and so its tables) when the test ends.
+/// Drops the test's schema (and so its tables) when the test ends, and the directory
+/// of the store's object cache, if it has one.
 pub struct SchemaGuard {
     url: String,
     schema: String,
+    cache_dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for SchemaGuard {
@@ -99,9 +102,29 @@ async fn open_with(config: PostgresConfig) -> (PostgresStore, SchemaGuard) {
     let guard = SchemaGuard {
         url: config.url.clone(),
         schema: config.schema.clone(),
+        cache_dir: None,
     };
     let store = PostgresStore::open(config).await.expect("open the store");
     (store, guard)
+}
+
+/// As [`open_with`], with an object cache of `bytes` in a directory of its own.
+async fn open_cached(mut config: PostgresConfig, bytes: u64) -> (PostgresStore, SchemaGuard) {
+    let dir = tempfile::tempdir().expect("cache directory");
+    config.object_cache = Some((dir.path().join("object-cache"), bytes));
+    let (store, mut guard) = open_with(config).await;
+    guard.cache_dir = Some(dir);
+    (store, guard)
+}
+
+/// Every payload in an S3 object, read through an object cache of 4 MiB (an object
+/// takes at most an eighth: larger ones go past it, and the suite's writes make it drop
+/// objects for room).
+pub async fn open_s3_cached(setup: StoreSetup) -> (PostgresStore, SchemaGuard) {
+    let schema = fresh_schema();
+    let mut config = settings(setup, &schema, s3_objects(&schema));
+    config.inline_max = 0;
+    open_cached(config, 4 << 20).await
 }
 
 /// The default configuration with objects in S3.
@@ -136,6 +159,11 @@ crate::store_conformance!(
 crate::store_conformance!(
     pg_s3_objects_only,
     crate::postgres::open_s3_objects_only,
+    ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
+);
+crate::store_conformance!(
+    pg_s3_cached,
+    crate::postgres::open_s3_cached,
     ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
 );
 crate::store_conformance!(
@@ -993,4 +1021,151 @@ async fn replicas_share_grains_watches_and_events() {
             "timerange": TimeRange::new(Bound::Inclusive(secs(0)), Bound::Inclusive(secs(0))).to_string(),
         }))
     );
+}
+
+/// The value of the store's own metric `name`.
+fn store_metric(store: &PostgresStore, name: &str) -> u64 {
+    store
+        .store_metrics()
+        .into_iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .value
+}
+
+/// Waits until the cache holds `bytes` of `objects` objects (it stores in the
+/// background).
+async fn cache_holds(store: &PostgresStore, objects: u64, bytes: u64) {
+    let held = || {
+        (
+            store_metric(store, "grainstore_object_cache_objects"),
+            store_metric(store, "grainstore_object_cache_bytes"),
+        )
+    };
+    for _ in 0..500 {
+        if held() == (objects, bytes) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the cache holds {:?}, not {objects} objects of {bytes} bytes",
+        held()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn a_replica_serves_what_it_read_once_from_its_object_cache() {
+    let schema = fresh_schema();
+    let config = || {
+        let mut config = settings(StoreSetup::default(), &schema, s3_objects(&schema));
+        config.inline_max = 0;
+        config
+    };
+    // A writes without a cache; B reads with one.
+    let (a, _guard_a) = open_with(config()).await;
+    let (b, _guard_b) = open_cached(config(), 64 << 20).await;
+    let flow = create(&a, video_flow()).await;
+    let sent: Vec<Grain> = (0..8).map(|s| frame(&flow, secs(s), 50_000, 3)).collect();
+    write(&a, flow.id, sent[..4].to_vec()).await.unwrap();
+    write(&a, flow.id, sent[4..].to_vec()).await.unwrap();
+    let hits = || store_metric(&b, "grainstore_object_cache_hits_total");
+    let misses = || store_metric(&b, "grainstore_object_cache_misses_total");
+    assert_eq!((hits(), misses()), (0, 0));
+
+    // The first read goes to the object store, and keeps what it fetched.
+    for (got, sent) in read_all(&b, flow.id).await.iter().zip(&sent) {
+        assert_stored(got, sent);
+    }
+    assert_eq!(hits(), 0);
+    assert!(misses() > 0);
+    cache_holds(&b, 2, 8 * 50_000).await;
+    // The second is served from the cache, grains and GSF pages alike.
+    let missed = misses();
+    for (got, sent) in read_all(&b, flow.id).await.iter().zip(&sent) {
+        assert_stored(got, sent);
+    }
+    let session = b.open_read(flow.id).await.unwrap();
+    let mut pages = session.gsf_pages(GrainQuery::all(), 1);
+    let mut grains = 0;
+    while let Some(page) = pages.next().await {
+        grains += page.unwrap().grains;
+    }
+    drop(pages);
+    drop(session);
+    assert_eq!(grains, 8);
+    assert!(hits() > 0);
+    assert_eq!(misses(), missed, "nothing read from the object store");
+
+    // Deleted objects leave the cache of the replica that collects them.
+    b.delete_grains(flow.id, &TimeRange::eternity())
+        .await
+        .unwrap();
+    let report = b.collect_garbage(Duration::ZERO).await.unwrap();
+    assert_eq!(report.released, 2);
+    cache_holds(&b, 0, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_store() {
+    let schema = fresh_schema();
+    let mut config = settings(StoreSetup::default(), &schema, s3_objects(&schema));
+    config.inline_max = 0;
+    let (store, guard) = open_cached(config, 64 << 20).await;
+    let dir = guard
+        .cache_dir
+        .as_ref()
+        .unwrap()
+        .path()
+        .join("object-cache");
+    let flow = create(&store, video_flow()).await;
+    let sent: Vec<Grain> = (0..6).map(|s| frame(&flow, secs(s), 30_000, 5)).collect();
+    write(&store, flow.id, sent[..3].to_vec()).await.unwrap();
+    write(&store, flow.id, sent[3..].to_vec()).await.unwrap();
+    // The uploads were kept.
+    cache_holds(&store, 2, 6 * 30_000).await;
+
+    // One byte of every grain changed in the cache's files.
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        for grain in 0..3 {
+            bytes[grain * 30_000 + 17] ^= 0x40;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        files += 1;
+    }
+    assert_eq!(files, 2);
+
+    let dropped = || store_metric(&store, "grainstore_object_cache_dropped_total");
+    assert_eq!(dropped(), 0);
+    for (got, sent) in read_all(&store, flow.id).await.iter().zip(&sent) {
+        assert_stored(got, sent);
+    }
+    assert_eq!(dropped(), 2);
+    // Fetched again, kept again: damage them again, and read GSF pages this time.
+    cache_holds(&store, 2, 6 * 30_000).await;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30_000 + 5] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let session = store.open_read(flow.id).await.unwrap();
+    let mut pages = session.gsf_pages(GrainQuery::all(), 1);
+    let mut grains = 0;
+    while let Some(page) = pages.next().await {
+        grains += page.unwrap().grains;
+    }
+    assert_eq!(grains, 6);
+    assert_eq!(dropped(), 4);
+    drop(pages);
+    drop(session);
+    // The grains themselves are intact.
+    for (got, sent) in read_all(&store, flow.id).await.iter().zip(&sent) {
+        assert_stored(got, sent);
+    }
 }

@@ -43,6 +43,7 @@
 //! other replicas. Event ids are handed out under an advisory lock held to the commit,
 //! so ids grow in commit order, which is the order notifications arrive in.
 
+mod cache;
 mod gc;
 mod listener;
 mod payloads;
@@ -90,6 +91,9 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Where payload objects are stored.
     pub objects: ObjectStoreConfig,
+    /// This replica's cache of objects' bytes on local disk: its directory (emptied at
+    /// start) and the most bytes it holds; `None` for none.
+    pub object_cache: Option<(std::path::PathBuf, u64)>,
     /// How many sessions may be open at once.
     pub max_sessions: usize,
     /// How long opening a session waits for a free place (and for a connection).
@@ -124,6 +128,7 @@ impl PostgresConfig {
                 url: object_store_url.into(),
                 ..Default::default()
             },
+            object_cache: None,
             max_sessions: 24,
             session_wait: Duration::from_millis(500),
             inline_max: 16 << 10,
@@ -564,7 +569,19 @@ impl PostgresStore {
                 reason: e.0,
             })
         })?;
-        let payloads = payloads::Payloads::new(object_store);
+        let payloads = match &config.object_cache {
+            Some((dir, bytes)) => {
+                let cache = cache::ObjectCache::open(dir, *bytes).map_err(|e| {
+                    refused(SettingError {
+                        setting: "object_cache_bytes",
+                        reason: format!("cannot use {}: {e}", dir.display()),
+                    })
+                })?;
+                tracing::info!(dir = %dir.display(), bytes, "object cache");
+                payloads::Payloads::with_cache(object_store, Arc::new(cache))
+            }
+            None => payloads::Payloads::new(object_store),
+        };
         payloads.ping().await?;
 
         let epoch = {
@@ -769,6 +786,14 @@ impl Store for PostgresStore {
 
     fn sessions(&self) -> &SessionPool {
         &self.sessions
+    }
+
+    fn store_metrics(&self) -> Vec<crate::store::StoreMetric> {
+        self.shared
+            .payloads
+            .cache()
+            .map(|cache| cache.stats().metrics())
+            .unwrap_or_default()
     }
 
     async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError> {

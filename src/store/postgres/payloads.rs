@@ -19,6 +19,7 @@ use object_store::{
 };
 use url::Url;
 
+use super::cache::ObjectCache;
 use crate::store::{FlowId, StoreError};
 
 /// Where payload objects go, and how to reach an S3-compatible service.
@@ -153,6 +154,8 @@ fn unavailable(e: object_store::Error) -> StoreError {
 #[derive(Clone, Debug)]
 pub struct Payloads {
     store: Arc<dyn ObjectStore>,
+    /// This replica's copies of objects' bytes, if it keeps any.
+    cache: Option<Arc<ObjectCache>>,
 }
 
 /// The prefix under which every payload object lives.
@@ -161,7 +164,32 @@ pub const OBJECTS_PREFIX: &str = "grains";
 impl Payloads {
     /// Payload objects in `store`.
     pub fn new(store: Arc<dyn ObjectStore>) -> Payloads {
-        Payloads { store }
+        Payloads { store, cache: None }
+    }
+
+    /// As [`Payloads::new`], keeping the bytes uploaded and read in `cache`.
+    pub fn with_cache(store: Arc<dyn ObjectStore>, cache: Arc<ObjectCache>) -> Payloads {
+        Payloads {
+            store,
+            cache: Some(cache),
+        }
+    }
+
+    /// The cache, if there is one.
+    pub fn cache(&self) -> Option<&Arc<ObjectCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Drops the cached bytes of `key` (they failed a grain's checksum): the next read
+    /// goes to the object store.
+    pub fn forget_cached(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            tracing::warn!(
+                key,
+                "cached bytes failed a checksum; dropped from the cache"
+            );
+            cache.forget(key);
+        }
     }
 
     /// The underlying object store.
@@ -181,16 +209,23 @@ impl Payloads {
     /// Stores `parts` back to back as the object `key` (no copy: the parts are the
     /// grains' own buffers).
     pub async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        let kept = self.cache.as_ref().map(|_| parts.clone());
         let payload: PutPayload = parts.into_iter().collect();
         self.store
             .put(&Path::from(key), payload)
             .await
-            .map(|_| ())
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if let (Some(cache), Some(parts)) = (&self.cache, kept) {
+            cache.store(key, 0, parts);
+        }
+        Ok(())
     }
 
     /// Deletes `key`; an object already gone is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(cache) = &self.cache {
+            cache.forget(key);
+        }
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(unavailable(e)),
@@ -216,10 +251,33 @@ impl Payloads {
         wanted: &[(&str, Range<u64>)],
     ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
         fetch_by_object(wanted, |key, ranges| async move {
+            if let Some(span) = self.cached_span(key, &ranges).await {
+                let start = ranges.first().map_or(0, |r| r.start);
+                return Ok(ranges
+                    .iter()
+                    .map(|r| Ok(span.slice((r.start - start) as usize..(r.end - start) as usize)))
+                    .collect());
+            }
             let got = self.store.get_ranges(&Path::from(key), &ranges).await?;
+            if let Some(cache) = &self.cache {
+                for (range, bytes) in ranges.iter().zip(&got) {
+                    cache.store(key, range.start, vec![bytes.clone()]);
+                }
+            }
             Ok(got.into_iter().map(Ok).collect())
         })
         .await
+    }
+
+    /// The bytes from the first of `ranges`' start to the last's end, if the cache
+    /// holds them.
+    async fn cached_span(&self, key: &str, ranges: &[Range<u64>]) -> Option<Bytes> {
+        let cache = self.cache.as_ref()?;
+        let (first, last) = (ranges.first()?, ranges.last()?);
+        if first.start >= last.end {
+            return None;
+        }
+        cache.read(key, first.start..last.end).await
     }
 
     /// As [`Payloads::fetch`], with each payload as the pieces in which the object
@@ -252,7 +310,9 @@ impl Payloads {
             "ranges sorted and apart"
         );
         let mut cutter = Cutter::new(first.start, ranges);
-        if first.start < last.end {
+        if let Some(span) = self.cached_span(key, ranges).await {
+            cutter.feed(span);
+        } else if first.start < last.end {
             let options = GetOptions {
                 range: Some(GetRange::Bounded(first.start..last.end)),
                 ..GetOptions::default()
@@ -264,8 +324,18 @@ impl Payloads {
                 // A local file: one read of the span (its stream reads 8 KiB at a time).
                 _ => futures::stream::once(got.bytes()).boxed(),
             };
+            // The span's bytes as they arrived, for the cache (no copy: the pieces
+            // cut from them share their buffers).
+            let mut arrived = Vec::new();
             while let Some(chunk) = chunks.next().await {
-                cutter.feed(chunk?);
+                let chunk = chunk?;
+                if self.cache.is_some() {
+                    arrived.push(chunk.clone());
+                }
+                cutter.feed(chunk);
+            }
+            if let Some(cache) = &self.cache {
+                cache.store(key, first.start, arrived);
             }
         }
         Ok(cutter.finish(key))

@@ -116,9 +116,8 @@ impl StoredGrain {
         Ok(())
     }
 
-    /// The grain rebuilt from its header and `payload`, which is checked first.
-    pub fn grain(&self, payload: Bytes) -> Result<Grain, StoreError> {
-        self.verify(&payload)?;
+    /// The grain rebuilt from its header and `payload` (checked already).
+    fn grain(&self, payload: Bytes) -> Result<Grain, StoreError> {
         let header = GrainHeader::decode(&self.header).map_err(|e| {
             StoreError::Corrupt(format!("header of the grain at {}: {e}", self.timestamp))
         })?;
@@ -136,8 +135,9 @@ impl StoredGrain {
     }
 }
 
-/// Loads the payloads of `stored` (inline or from their objects) and rebuilds the
-/// grains; each grain's own failure (a checksum, a missing object) is its own result.
+/// Loads the payloads of `stored` (inline or from their objects), checks them, and
+/// rebuilds the grains; each grain's own failure (a checksum, a missing object) is its
+/// own result.
 pub async fn load(
     shared: &Shared,
     stored: &[StoredGrain],
@@ -150,14 +150,24 @@ pub async fn load(
         .collect())
 }
 
-/// The payloads of `stored`, inline or fetched from their objects, not yet checked;
-/// each grain's own failure (a missing object) is its own result.
+/// The payloads of `stored`, inline or fetched from their objects, each checked; each
+/// grain's own failure (a checksum, a missing object) is its own result.
 async fn load_payloads(
     shared: &Shared,
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
-    let fetched = shared.payloads.fetch(&object_ranges(stored)).await?;
-    Ok(in_place(stored, fetched, Bytes::clone))
+    let ranges = object_ranges(stored);
+    let fetched = shared.payloads.fetch(&ranges).await?;
+    let fetched = checked(
+        shared,
+        stored,
+        &ranges,
+        fetched,
+        |s, p: &Bytes| s.verify(p),
+        |again| async move { shared.payloads.fetch(&again).await },
+    )
+    .await?;
+    Ok(in_place(stored, fetched, Bytes::clone, |s, p| s.verify(p)))
 }
 
 /// As [`load_payloads`], each payload as the pieces it arrived in (see
@@ -166,8 +176,65 @@ async fn load_payload_pieces(
     shared: &Shared,
     stored: &[StoredGrain],
 ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
-    let fetched = shared.payloads.fetch_pieces(&object_ranges(stored)).await?;
-    Ok(in_place(stored, fetched, |inline| vec![inline.clone()]))
+    let ranges = object_ranges(stored);
+    let fetched = shared.payloads.fetch_pieces(&ranges).await?;
+    let fetched = checked(
+        shared,
+        stored,
+        &ranges,
+        fetched,
+        |s, p: &Vec<Bytes>| s.verify_pieces(p),
+        |again| async move { shared.payloads.fetch_pieces(&again).await },
+    )
+    .await?;
+    Ok(in_place(
+        stored,
+        fetched,
+        |inline| vec![inline.clone()],
+        |s, p| s.verify_pieces(p),
+    ))
+}
+
+/// `fetched` (the payloads of `stored`'s [`object_ranges`]), each checked against its
+/// grain's length and checksum. With an object cache, those that fail are fetched once
+/// more, their objects first dropped from the cache (so they come from the object
+/// store): a damaged cache file costs a second request, not a grain.
+async fn checked<'a, T, F>(
+    shared: &Shared,
+    stored: &[StoredGrain],
+    ranges: &[(&'a str, std::ops::Range<u64>)],
+    mut fetched: Vec<Result<T, StoreError>>,
+    verify: impl Fn(&StoredGrain, &T) -> Result<(), StoreError>,
+    refetch: impl FnOnce(Vec<(&'a str, std::ops::Range<u64>)>) -> F,
+) -> Result<Vec<Result<T, StoreError>>, StoreError>
+where
+    F: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>>,
+{
+    let in_objects = stored.iter().filter(|s| s.object.is_some());
+    let mut failed = Vec::new();
+    for (i, (s, payload)) in in_objects.zip(fetched.iter_mut()).enumerate() {
+        if let Ok(p) = payload
+            && let Err(e) = verify(s, p)
+        {
+            *payload = Err(e);
+            failed.push(i);
+        }
+    }
+    if failed.is_empty() || shared.payloads.cache().is_none() {
+        return Ok(fetched);
+    }
+    let again: Vec<(&'a str, std::ops::Range<u64>)> =
+        failed.iter().map(|&i| ranges[i].clone()).collect();
+    let keys: std::collections::HashSet<&str> = again.iter().map(|(key, _)| *key).collect();
+    for key in keys {
+        shared.payloads.forget_cached(key);
+    }
+    let refetched = refetch(again).await?;
+    let in_objects: Vec<&StoredGrain> = stored.iter().filter(|s| s.object.is_some()).collect();
+    for (i, payload) in failed.into_iter().zip(refetched) {
+        fetched[i] = payload.and_then(|p| verify(in_objects[i], &p).map(|()| p));
+    }
+    Ok(fetched)
 }
 
 /// The object ranges of the payloads of `stored` that are not inline, in order.
@@ -182,12 +249,14 @@ fn object_ranges(stored: &[StoredGrain]) -> Vec<(&str, std::ops::Range<u64>)> {
         .collect()
 }
 
-/// Each grain's payload: the next of `fetched` (for the [`object_ranges`] of `stored`)
-/// for one in an object, `inline` of its bytes (shared, not copied) for one inline.
+/// Each grain's payload: the next of `fetched` (for the [`object_ranges`] of `stored`,
+/// checked already) for one in an object, `inline` of its bytes (shared, not copied),
+/// checked with `verify`, for one inline.
 fn in_place<T>(
     stored: &[StoredGrain],
     fetched: Vec<Result<T, StoreError>>,
     inline: impl Fn(&Bytes) -> T,
+    verify: impl Fn(&StoredGrain, &T) -> Result<(), StoreError>,
 ) -> Vec<Result<T, StoreError>> {
     let mut fetched = fetched.into_iter();
     stored
@@ -196,7 +265,10 @@ fn in_place<T>(
             (Some(_), _) => fetched
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Corrupt("a payload was not fetched".into()))),
-            (None, Some(bytes)) => Ok(inline(bytes)),
+            (None, Some(bytes)) => {
+                let payload = inline(bytes);
+                verify(s, &payload).map(|()| payload)
+            }
             (None, None) => Err(StoreError::Corrupt(format!(
                 "the grain at {} has no payload",
                 s.timestamp
@@ -387,7 +459,6 @@ impl Snapshot for PgSnapshot {
         let mut last = None;
         for (s, pieces) in stored.iter().zip(payloads) {
             let added = pieces.and_then(|pieces| {
-                s.verify_pieces(&pieces)?;
                 let gbhd = stored_gbhd(&s.header).ok_or_else(|| {
                     StoreError::Corrupt(format!(
                         "header of the grain at {}: not a stored header",
