@@ -123,7 +123,7 @@ fn grain(seed: u64, k: usize, index: u64) -> Grain {
         origin_height: 1080,
         coded_width: 1920,
         coded_height: 1088,
-        is_key_frame: Some(index % 25 == 0),
+        is_key_frame: Some(index.is_multiple_of(25)),
         temporal_offset: Some((index % 3) as i32),
         unit_offsets: Vec::new(),
         length: 0,
@@ -405,10 +405,10 @@ impl ServerProcess {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return Err(status);
             }
-            if let Ok(response) = http.get(format!("{}/readyz", self.base)).send().await {
-                if response.status() == 200 {
-                    return Ok(());
-                }
+            if let Ok(response) = http.get(format!("{}/readyz", self.base)).send().await
+                && response.status() == 200
+            {
+                return Ok(());
             }
             assert!(
                 started.elapsed() < PATIENCE,

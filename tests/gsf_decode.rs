@@ -142,13 +142,13 @@ fn grains_in_one_chunk_share_the_input_buffer() {
     let data = Bytes::from(fixture("mediagrains_v9.gsf"));
     let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
     for event in GsfDecoder::decode_all(data.clone()).expect("decodes") {
-        if let GsfEvent::Grain { grain, .. } = event {
-            if !grain.payload().is_empty() {
-                assert!(
-                    range.contains(&(grain.payload().as_ptr() as usize)),
-                    "payload was copied"
-                );
-            }
+        if let GsfEvent::Grain { grain, .. } = event
+            && !grain.payload().is_empty()
+        {
+            assert!(
+                range.contains(&(grain.payload().as_ptr() as usize)),
+                "payload was copied"
+            );
         }
     }
 }

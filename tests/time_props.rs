@@ -243,11 +243,10 @@ proptest! {
             }
             if rounding == RangeRounding::Out && is_exact(rate) && !n.is_empty() {
                 // Rounding out covers every sample time the range holds.
-                if let Some(s) = r.start().timestamp() {
-                    if r.contains(s) {
+                if let Some(s) = r.start().timestamp()
+                    && r.contains(s) {
                         prop_assert!(n.contains(s));
                     }
-                }
             }
         }
     }

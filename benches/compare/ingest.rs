@@ -238,7 +238,7 @@ pub async fn small(
         let mut times = Vec::new();
         let meter = Meter::start(pid);
         for b in 0..n / BATCH {
-            if (b * BATCH) % READ_GRAINS == 0 {
+            if (b * BATCH).is_multiple_of(READ_GRAINS) {
                 times.push(SystemTime::now());
             }
             js_publish_batch(&mut nats, &subject, BATCH, &data).await;
@@ -302,7 +302,7 @@ async fn redis_xadd(
         redis.flush().await;
         for i in 0..BATCH {
             let id = redis.read().await;
-            if (b * BATCH + i) % READ_GRAINS == 0 {
+            if (b * BATCH + i).is_multiple_of(READ_GRAINS) {
                 ids.push(String::from_utf8_lossy(id.bytes()).into_owned());
             }
         }

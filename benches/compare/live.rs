@@ -214,10 +214,10 @@ async fn sse_subscriber(
         let mut start = 0;
         while let Some(nl) = partial[start..].iter().position(|&b| b == b'\n') {
             let line = &partial[start..start + nl];
-            if let Some(id) = line.strip_prefix(b"id:") {
-                if let Some(index) = std::str::from_utf8(id).ok().and_then(|t| index_of(t, RATE)) {
-                    receipts.push((index, now));
-                }
+            if let Some(id) = line.strip_prefix(b"id:")
+                && let Some(index) = std::str::from_utf8(id).ok().and_then(|t| index_of(t, RATE))
+            {
+                receipts.push((index, now));
             }
             start += nl + 1;
         }

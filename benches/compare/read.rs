@@ -203,11 +203,11 @@ async fn js_replay(
         if msg.sid == sid {
             got += 1;
             bytes += msg.payload.len() as u64;
-            if window < count {
-                if let Some(reply) = &msg.reply {
-                    nats.publish(reply, None, b"");
-                    nats.flush().await;
-                }
+            if window < count
+                && let Some(reply) = &msg.reply
+            {
+                nats.publish(reply, None, b"");
+                nats.flush().await;
             }
         }
     }

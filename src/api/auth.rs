@@ -511,13 +511,13 @@ fn jwt_verifier(config: &JwtConfig) -> Result<JwtVerifier, AuthConfigError> {
     } else {
         None
     };
-    if let Some(secret) = &secret {
-        if secret.len() < 32 {
-            return Err(config_error(
-                "auth.jwt.hs256_secret",
-                "the HS256 secret must be at least 32 bytes",
-            ));
-        }
+    if let Some(secret) = &secret
+        && secret.len() < 32
+    {
+        return Err(config_error(
+            "auth.jwt.hs256_secret",
+            "the HS256 secret must be at least 32 bytes",
+        ));
     }
     let public_pem = if config.public_key_file.as_os_str().is_empty() {
         None

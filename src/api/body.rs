@@ -62,10 +62,10 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if this.buffer.is_empty() {
-                if let Some(next) = this.pending.pop_front() {
-                    return this.emit(next);
-                }
+            if this.buffer.is_empty()
+                && let Some(next) = this.pending.pop_front()
+            {
+                return this.emit(next);
             }
             if this.done {
                 if this.buffer.is_empty() {

@@ -68,10 +68,10 @@ impl Fanouts {
         let mut flows = self.inner.flows.lock().unwrap_or_else(|e| e.into_inner());
         // Another subscriber may have made one meanwhile; its start was read before it
         // was handed out, so before this subscriber's catch-up too.
-        if let Some(fanout) = flows.get(&flow).and_then(Weak::upgrade) {
-            if fanout.sender.strong_count() > 0 {
-                return Ok(fanout);
-            }
+        if let Some(fanout) = flows.get(&flow).and_then(Weak::upgrade)
+            && fanout.sender.strong_count() > 0
+        {
+            return Ok(fanout);
         }
         let (sender, _) = broadcast::channel(self.inner.capacity);
         let stop = CancellationToken::new();

@@ -112,12 +112,12 @@ impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
         open.0 = open.0.saturating_sub(1);
-        if let Some(id) = &self.principal {
-            if let Some(n) = open.1.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
-                    open.1.remove(id);
-                }
+        if let Some(id) = &self.principal
+            && let Some(n) = open.1.get_mut(id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(id);
             }
         }
     }

@@ -301,10 +301,10 @@ pub fn negotiate(accept: Option<&HeaderValue>, offered: &[GrainMedia]) -> ApiRes
             "application/octet-stream" => offered.iter().copied().find(|m| *m == GrainMedia::Raw),
             _ => None,
         };
-        if let Some(m) = matched {
-            if best.is_none_or(|(bq, _)| q > bq) {
-                best = Some((q, m));
-            }
+        if let Some(m) = matched
+            && best.is_none_or(|(bq, _)| q > bq)
+        {
+            best = Some((q, m));
         }
     }
     best.map(|(_, m)| m).ok_or_else(|| {

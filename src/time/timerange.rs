@@ -142,10 +142,10 @@ impl TimeRange {
     /// The range between two bounds; empty when the start is after the end, or at the
     /// same timestamp unless both ends are inclusive.
     pub fn new(start: Bound, end: Bound) -> TimeRange {
-        if let (Some(s), Some(e)) = (start.timestamp(), end.timestamp()) {
-            if s > e || (s == e && !(start.is_inclusive() && end.is_inclusive())) {
-                return Self::EMPTY;
-            }
+        if let (Some(s), Some(e)) = (start.timestamp(), end.timestamp())
+            && (s > e || (s == e && !(start.is_inclusive() && end.is_inclusive())))
+        {
+            return Self::EMPTY;
         }
         TimeRange { start, end }
     }

@@ -1735,7 +1735,7 @@ pub async fn gsf_pages_are_the_grains_encoded(make: impl MakeStore) {
 /// mostly, one in 25 large enough for a segment file.
 fn model_grain(flow: &grainstore::store::Flow, tick: u64, salt: u64) -> Grain {
     let at = Timestamp::from_nanos(1_700_000_000_000_000_000 + tick as i128 * 40_000_000).unwrap();
-    let len = if (tick ^ salt) % 25 == 0 {
+    let len = if (tick ^ salt).is_multiple_of(25) {
         20_000
     } else {
         (tick % 7) as usize * 40 + 10

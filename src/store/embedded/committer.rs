@@ -206,10 +206,10 @@ impl State {
             self.commit_group(batch);
             self.reclaim();
         }
-        if let Some(appender) = self.appender.take() {
-            if let Err(e) = appender.finish() {
-                tracing::error!(error = %e, "closing the active segment failed");
-            }
+        if let Some(appender) = self.appender.take()
+            && let Err(e) = appender.finish()
+        {
+            tracing::error!(error = %e, "closing the active segment failed");
         }
     }
 
@@ -274,13 +274,12 @@ impl State {
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; the group is rolled back");
-                if let (Some(appender), Some((id, len))) = (self.appender.as_mut(), committed_len) {
-                    if appender.id() == id {
-                        if let Err(e) = appender.rewind(len) {
-                            tracing::error!(error = %e, segment = id, "cannot rewind the segment; closing it");
-                            self.appender = None;
-                        }
-                    }
+                if let (Some(appender), Some((id, len))) = (self.appender.as_mut(), committed_len)
+                    && appender.id() == id
+                    && let Err(e) = appender.rewind(len)
+                {
+                    tracing::error!(error = %e, segment = id, "cannot rewind the segment; closing it");
+                    self.appender = None;
                 }
                 let fault = StorageFault::of(&e);
                 for request in requests {
@@ -596,14 +595,12 @@ impl State {
             .appender
             .as_ref()
             .is_some_and(|a| a.len() > 0 && a.len() + len > self.shared.segment_bytes);
-        if full {
-            if let Some(old) = self.appender.take() {
-                // Account the segment left behind in this group: its grains may all
-                // have been deleted while it was active (which kept it), and no later
-                // delete will look at it again.
-                group.live_delta.entry(old.id()).or_default();
-                old.finish()?;
-            }
+        if full && let Some(old) = self.appender.take() {
+            // Account the segment left behind in this group: its grains may all
+            // have been deleted while it was active (which kept it), and no later
+            // delete will look at it again.
+            group.live_delta.entry(old.id()).or_default();
+            old.finish()?;
         }
         if self.appender.is_none() {
             let id = self.next_segment;

@@ -211,10 +211,10 @@ pub struct EmbeddedStore {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.committer.stop();
-        if let Some(thread) = self.committer_thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the committer thread panicked");
-            }
+        if let Some(thread) = self.committer_thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the committer thread panicked");
         }
     }
 }

@@ -51,10 +51,10 @@ impl Segments {
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(hex) = name.strip_suffix(".seg") {
-                if let Ok(id) = u64::from_str_radix(hex, 16) {
-                    ids.push(id);
-                }
+            if let Some(hex) = name.strip_suffix(".seg")
+                && let Ok(id) = u64::from_str_radix(hex, 16)
+            {
+                ids.push(id);
             }
         }
         ids.sort_unstable();
