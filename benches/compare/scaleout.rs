@@ -19,6 +19,10 @@
 //! live run), `GS_COMPARE_SCALEOUT_SUBS` (subscriber counts, `1,100`),
 //! `GS_COMPARE_SCALEOUT_READERS` (concurrent readers, 4).
 //!
+//! `GS_COMPARE_OBJECT_CACHE_MIB` (0 unless set) is each replica's
+//! `storage.object_cache_bytes`, in MiB: with one large enough for the data, the reads
+//! after the first (the warm-up) come from the replica's disk, not the S3 server.
+//!
 //! `GS_COMPARE_REPLICA_CPUS` (say `0.25`, root only) gives each grainstore server of the
 //! workload, the embedded one included, a CPU quota of its own (a cgroup), as if each
 //! ran on a machine of that size. On a small machine shared with the client,
@@ -121,6 +125,11 @@ impl Machine {
     }
 }
 
+/// Each replica's object cache in MiB (`GS_COMPARE_OBJECT_CACHE_MIB`, 0 unless set).
+fn object_cache_mib() -> u64 {
+    crate::env_or("GS_COMPARE_OBJECT_CACHE_MIB", 0)
+}
+
 /// A `grainstore serve` process with the postgres backend on `schema`.
 async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) -> Grainstore {
     let port = free_port();
@@ -140,6 +149,10 @@ async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) 
         .env("GRAINSTORE__STORAGE__POSTGRES_SCHEMA", schema)
         .env("GRAINSTORE__STORAGE__POSTGRES_POOL_SIZE", "32")
         .env("GRAINSTORE__STORAGE__MAX_SESSIONS", "30")
+        .env(
+            "GRAINSTORE__STORAGE__OBJECT_CACHE_BYTES",
+            (object_cache_mib() << 20).to_string(),
+        )
         .env(
             "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
             format!("s3://{}/{schema}", machine.s3_bucket),
@@ -406,6 +419,13 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
     let quota: Option<f64> = std::env::var("GS_COMPARE_REPLICA_CPUS").ok().map(|v| {
         v.parse()
             .expect("GS_COMPARE_REPLICA_CPUS: a number of CPUs")
+    });
+    report.note(match object_cache_mib() {
+        0 => "scale-out: the replicas have no object cache".to_owned(),
+        mib => format!(
+            "scale-out: each replica has an object cache of {mib} MiB \
+             (storage.object_cache_bytes)"
+        ),
     });
     if let Some(cpus) = quota {
         report.note(format!(

@@ -451,8 +451,24 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
     let mut misses = Vec::new();
     let mut hits = Vec::new();
     for _ in 0..2 {
-        // The cache stores in the background: let what the last read fetched settle.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The cache stores in the background: wait until what the reads before handed
+        // it (before their responses ended) is written.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = client
+                .get(b.url("/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            if cache(&text, "pending_bytes") == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B's cache never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let response = client
             .get(b.url(&grains_path))
             .header("accept", "application/x-gsf")

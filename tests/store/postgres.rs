@@ -1120,6 +1120,14 @@ async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_s
         .unwrap()
         .path()
         .join("object-cache");
+    // The objects' files: all but the lock.
+    let files = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
+            .collect::<Vec<_>>()
+    };
     let flow = create(&store, video_flow()).await;
     let sent: Vec<Grain> = (0..6).map(|s| frame(&flow, secs(s), 30_000, 5)).collect();
     write(&store, flow.id, sent[..3].to_vec()).await.unwrap();
@@ -1128,17 +1136,14 @@ async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_s
     cache_holds(&store, 2, 6 * 30_000).await;
 
     // One byte of every grain changed in the cache's files.
-    let mut files = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    assert_eq!(files().len(), 2);
+    for path in files() {
         let mut bytes = std::fs::read(&path).unwrap();
         for grain in 0..3 {
             bytes[grain * 30_000 + 17] ^= 0x40;
         }
         std::fs::write(&path, bytes).unwrap();
-        files += 1;
     }
-    assert_eq!(files, 2);
 
     let dropped = || store_metric(&store, "grainstore_object_cache_dropped_total");
     assert_eq!(dropped(), 0);
@@ -1148,8 +1153,7 @@ async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_s
     assert_eq!(dropped(), 2);
     // Fetched again, kept again: damage them again, and read GSF pages this time.
     cache_holds(&store, 2, 6 * 30_000).await;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files() {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30_000 + 5] ^= 1;
         std::fs::write(&path, bytes).unwrap();

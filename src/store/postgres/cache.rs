@@ -25,6 +25,13 @@ use bytes::{Bytes, BytesMut};
 /// The part of the cache's bytes one object may take at most.
 const MAX_SHARE: u64 = 8;
 
+/// Bytes handed to the cache and not yet written at most: past it (a disk slower than
+/// the traffic) bytes are not kept, rather than held in memory.
+const MAX_PENDING: u64 = 64 << 20;
+
+/// The file that marks the directory as one cache's, locked while the cache is open.
+const LOCK_FILE: &str = ".lock";
+
 /// Payload objects' bytes kept on local disk, the least recently used dropped first.
 #[derive(Debug)]
 pub struct ObjectCache {
@@ -32,6 +39,8 @@ pub struct ObjectCache {
     max_bytes: u64,
     state: Mutex<State>,
     counts: Counts,
+    /// Locked for the cache's life: two processes never share the directory.
+    _lock: File,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +50,8 @@ struct State {
     by_use: BTreeMap<u64, String>,
     /// Bytes held, over all entries.
     bytes: u64,
+    /// Bytes handed to [`ObjectCache::store`] and not written yet.
+    pending: u64,
     /// Ticks for last uses and for file generations.
     clock: u64,
 }
@@ -56,6 +67,11 @@ struct Entry {
     held: Vec<Range<u64>>,
     /// Their total length.
     bytes: u64,
+    /// Bytes being written for it, counted against its share.
+    reserved: u64,
+    /// Writes under way.
+    writers: u32,
+    /// Its place in `by_use`; 0 until its first bytes are written.
     used: u64,
 }
 
@@ -64,6 +80,7 @@ struct Counts {
     hits: AtomicU64,
     misses: AtomicU64,
     stored: AtomicU64,
+    skipped: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -76,6 +93,10 @@ pub struct CacheStats {
     pub misses: u64,
     /// Bytes written to the cache.
     pub stored_bytes: u64,
+    /// Bytes not kept because too much was waiting to be written.
+    pub skipped_bytes: u64,
+    /// Bytes waiting to be written now.
+    pub pending_bytes: u64,
     /// Objects dropped (for room, deleted, or failing a checksum).
     pub dropped: u64,
     /// Bytes held now.
@@ -113,10 +134,22 @@ impl CacheStats {
                 self.stored_bytes,
             ),
             metric(
+                "grainstore_object_cache_skipped_bytes_total",
+                "Bytes not kept in the object cache because too much was waiting to be written.",
+                true,
+                self.skipped_bytes,
+            ),
+            metric(
                 "grainstore_object_cache_dropped_total",
                 "Objects dropped from the object cache: for room, deleted, or failing a checksum.",
                 true,
                 self.dropped,
+            ),
+            metric(
+                "grainstore_object_cache_pending_bytes",
+                "Bytes waiting to be written to the object cache.",
+                false,
+                self.pending_bytes,
             ),
             metric(
                 "grainstore_object_cache_bytes",
@@ -135,14 +168,30 @@ impl CacheStats {
 }
 
 impl ObjectCache {
-    /// A cache of at most `max_bytes` in `dir`, which is created, and emptied of the
-    /// files an earlier run left.
+    /// A cache of at most `max_bytes` in `dir`, which is created, locked against other
+    /// processes, and emptied of the files an earlier run left. Blocks on the file
+    /// system.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ObjectCache> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(
+                    "another process uses this object cache (each replica needs a \
+                     storage.data_dir of its own)",
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let mut removed = 0u64;
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
+            if entry.file_type()?.is_file() && entry.file_name() != LOCK_FILE {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -155,6 +204,7 @@ impl ObjectCache {
             max_bytes,
             state: Mutex::default(),
             counts: Counts::default(),
+            _lock: lock,
         })
     }
 
@@ -165,6 +215,8 @@ impl ObjectCache {
             hits: self.counts.hits.load(Ordering::Relaxed),
             misses: self.counts.misses.load(Ordering::Relaxed),
             stored_bytes: self.counts.stored.load(Ordering::Relaxed),
+            skipped_bytes: self.counts.skipped.load(Ordering::Relaxed),
+            pending_bytes: state.pending,
             dropped: self.counts.dropped.load(Ordering::Relaxed),
             bytes: state.bytes,
             objects: state.entries.values().filter(|e| e.bytes > 0).count() as u64,
@@ -192,108 +244,144 @@ impl ObjectCache {
         self.dir.join(name)
     }
 
-    /// The bytes `span` of the object `key` if the cache holds all of them; `None`
-    /// sends the read to the object store (not held, or the file is gone or shorter
-    /// than it should be: the object is then forgotten).
-    pub async fn read(self: &Arc<Self>, key: &str, span: Range<u64>) -> Option<Bytes> {
+    /// The generation of `key`'s entry if it holds every one of `ranges`.
+    fn holding(state: &State, key: &str, ranges: &[Range<u64>]) -> Option<u64> {
+        let entry = state.entries.get(key)?;
+        ranges
+            .iter()
+            .all(|want| {
+                entry
+                    .held
+                    .iter()
+                    .any(|r| r.start <= want.start && want.end <= r.end)
+            })
+            .then_some(entry.generation)
+    }
+
+    /// The bytes of each of `ranges` of the object `key` if the cache holds all of
+    /// them; `None` sends the read to the object store (not all held, or the file is
+    /// gone or shorter than it should be: the object is then forgotten).
+    pub async fn read(self: &Arc<Self>, key: &str, ranges: &[Range<u64>]) -> Option<Vec<Bytes>> {
         let generation = {
             let mut state = self.lock();
-            let State {
-                entries,
-                by_use,
-                clock,
-                ..
-            } = &mut *state;
-            match entries.get_mut(key) {
-                Some(entry)
-                    if entry
-                        .held
-                        .iter()
-                        .any(|r| r.start <= span.start && span.end <= r.end) =>
-                {
-                    by_use.remove(&entry.used);
-                    *clock += 1;
-                    entry.used = *clock;
-                    by_use.insert(*clock, key.to_owned());
-                    Some(entry.generation)
+            match Self::holding(&state, key, ranges) {
+                Some(generation) => {
+                    state.clock += 1;
+                    let tick = state.clock;
+                    let State {
+                        entries, by_use, ..
+                    } = &mut *state;
+                    if let Some(entry) = entries.get_mut(key) {
+                        by_use.remove(&entry.used);
+                        entry.used = tick;
+                        by_use.insert(tick, key.to_owned());
+                    }
+                    Some(generation)
                 }
-                _ => None,
+                None => None,
             }
         };
         let Some(generation) = generation else {
             self.counts.misses.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        self.counts.hits.fetch_add(1, Ordering::Relaxed);
         let path = self.path(key, generation);
-        let len = usize::try_from(span.end - span.start).ok()?;
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+        let wanted = ranges.to_vec();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Bytes>> {
             let file = File::open(path)?;
-            let mut buf = BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, span.start)?;
-            Ok(buf.freeze())
+            wanted
+                .iter()
+                .map(|r| {
+                    let len = usize::try_from(r.end - r.start).map_err(std::io::Error::other)?;
+                    let mut buf = BytesMut::zeroed(len);
+                    file.read_exact_at(&mut buf, r.start)?;
+                    Ok(buf.freeze())
+                })
+                .collect()
         })
         .await;
+        // Served only if the entry the file was read for is still there: a file is
+        // unlinked only after its entry is dropped, and never written again after.
+        let current = || Self::holding(&self.lock(), key, ranges) == Some(generation);
         match read {
-            Ok(Ok(bytes)) => Some(bytes),
-            Ok(Err(e)) => {
-                tracing::warn!(key, error = %e, "cannot read a cached object; reading it from the object store");
-                self.forget(key);
-                None
+            Ok(Ok(bytes)) if current() => {
+                self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                return Some(bytes);
             }
-            Err(_) => None,
+            Ok(Err(e)) if current() => {
+                tracing::warn!(key, error = %e, "cannot read a cached object; reading it from the object store");
+                self.forget_generation(key, Some(generation));
+            }
+            _ => {}
         }
+        self.counts.misses.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
-    /// Keeps `parts`, back to back from byte `offset` of the object `key`, in the
-    /// background (the caller does not wait for the disk). Bytes that would take the
-    /// object past an eighth of the cache are not kept.
-    pub fn store(self: &Arc<Self>, key: &str, offset: u64, parts: Vec<Bytes>) {
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    /// Keeps each of `writes` (bytes at an offset of the object `key`), in the
+    /// background: the caller does not wait for the disk. Nothing is kept that would
+    /// take the object past an eighth of the cache, or the bytes waiting to be written
+    /// past [`MAX_PENDING`].
+    pub fn store(self: &Arc<Self>, key: &str, writes: Vec<(u64, Bytes)>) {
+        let len: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
         if len == 0 || len > self.max_bytes / MAX_SHARE {
-            return;
-        }
-        let cache = Arc::clone(self);
-        let key = key.to_owned();
-        std::mem::drop(tokio::task::spawn_blocking(move || {
-            cache.write(&key, offset, &parts, len)
-        }));
-    }
-
-    /// Writes `parts` at `offset` in `key`'s file, then counts them as held and makes
-    /// room for them.
-    fn write(&self, key: &str, offset: u64, parts: &[Bytes], len: u64) {
-        let Some(end) = offset.checked_add(len) else {
-            return;
-        };
-        if len > self.max_bytes / MAX_SHARE {
             return;
         }
         let generation = {
             let mut state = self.lock();
-            let State { entries, clock, .. } = &mut *state;
-            match entries.get(key) {
-                Some(entry) if entry.bytes + len > self.max_bytes / MAX_SHARE => return,
-                Some(entry) if entry.held.iter().any(|r| r.start <= offset && end <= r.end) => {
-                    return;
+            if state.pending + len > MAX_PENDING {
+                drop(state);
+                self.counts.skipped.fetch_add(len, Ordering::Relaxed);
+                return;
+            }
+            let State {
+                entries,
+                clock,
+                pending,
+                ..
+            } = &mut *state;
+            let generation = match entries.get_mut(key) {
+                Some(entry) => {
+                    let all_held = writes.iter().all(|(at, b)| {
+                        let end = at + b.len() as u64;
+                        entry.held.iter().any(|r| r.start <= *at && end <= r.end)
+                    });
+                    if all_held || entry.bytes + entry.reserved + len > self.max_bytes / MAX_SHARE {
+                        return;
+                    }
+                    entry.reserved += len;
+                    entry.writers += 1;
+                    entry.generation
                 }
-                Some(entry) => entry.generation,
                 None => {
                     *clock += 1;
-                    let generation = *clock;
                     entries.insert(
                         key.to_owned(),
                         Entry {
-                            generation,
+                            generation: *clock,
                             held: Vec::new(),
                             bytes: 0,
+                            reserved: len,
+                            writers: 1,
                             used: 0,
                         },
                     );
-                    generation
+                    *clock
                 }
-            }
+            };
+            *pending += len;
+            generation
         };
+        let cache = Arc::clone(self);
+        let key = key.to_owned();
+        std::mem::drop(tokio::task::spawn_blocking(move || {
+            cache.write(&key, generation, &writes, len)
+        }));
+    }
+
+    /// Writes `writes` in the file of `key`'s entry of `generation`, then counts them as
+    /// held and makes room for them.
+    fn write(&self, key: &str, generation: u64, writes: &[(u64, Bytes)], len: u64) {
         let path = self.path(key, generation);
         let written = OpenOptions::new()
             .create(true)
@@ -301,58 +389,70 @@ impl ObjectCache {
             .write(true)
             .open(&path)
             .and_then(|file| {
-                let mut at = offset;
-                for part in parts {
-                    file.write_all_at(part, at)?;
-                    at += part.len() as u64;
+                for (at, bytes) in writes {
+                    file.write_all_at(bytes, *at)?;
                 }
                 Ok(())
             });
         let mut dropped = Vec::new();
+        let mut remove_file = false;
         {
             let mut state = self.lock();
+            state.pending -= len;
+            state.clock += 1;
+            let tick = state.clock;
             let State {
                 entries,
                 by_use,
                 bytes,
-                clock,
+                ..
             } = &mut *state;
-            let Some(entry) = entries.get_mut(key).filter(|e| e.generation == generation) else {
-                // Dropped meanwhile: whatever was written is no one's.
-                drop(state);
-                let _ = std::fs::remove_file(&path);
-                return;
-            };
-            if let Err(e) = written {
-                tracing::warn!(key, error = %e, "cannot keep an object's bytes in the cache");
-                if entry.held.is_empty() {
-                    entries.remove(key);
-                    drop(state);
-                    let _ = std::fs::remove_file(&path);
-                }
-                return;
-            }
-            let before = entry.bytes;
-            entry.held = merge(std::mem::take(&mut entry.held), offset..end);
-            entry.bytes = entry.held.iter().map(|r| r.end - r.start).sum();
-            *bytes += entry.bytes - before;
-            if entry.used != 0 {
-                by_use.remove(&entry.used);
-            }
-            *clock += 1;
-            entry.used = *clock;
-            by_use.insert(*clock, key.to_owned());
-            while *bytes > self.max_bytes {
-                let Some((_, oldest)) = by_use.pop_first() else {
-                    break;
-                };
-                if let Some(old) = entries.remove(&oldest) {
-                    *bytes -= old.bytes;
-                    dropped.push((oldest, old.generation));
+            match entries.get_mut(key).filter(|e| e.generation == generation) {
+                // Dropped meanwhile: the file is no one's (it may have been made again
+                // by this write after it was unlinked).
+                None => remove_file = true,
+                Some(entry) => {
+                    entry.writers -= 1;
+                    entry.reserved -= len;
+                    match written {
+                        Ok(()) => {
+                            for (at, b) in writes {
+                                let range = *at..at + b.len() as u64;
+                                entry.held = merge(std::mem::take(&mut entry.held), range);
+                            }
+                            let before = entry.bytes;
+                            entry.bytes = entry.held.iter().map(|r| r.end - r.start).sum();
+                            *bytes += entry.bytes - before;
+                            if entry.used != 0 {
+                                by_use.remove(&entry.used);
+                            }
+                            entry.used = tick;
+                            by_use.insert(tick, key.to_owned());
+                            self.counts.stored.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::warn!(key, error = %e, "cannot keep an object's bytes in the cache");
+                            if entry.held.is_empty() && entry.writers == 0 {
+                                entries.remove(key);
+                                remove_file = true;
+                            }
+                        }
+                    }
+                    while *bytes > self.max_bytes {
+                        let Some((_, oldest)) = by_use.pop_first() else {
+                            break;
+                        };
+                        if let Some(old) = entries.remove(&oldest) {
+                            *bytes -= old.bytes;
+                            dropped.push((oldest, old.generation));
+                        }
+                    }
                 }
             }
         }
-        self.counts.stored.fetch_add(len, Ordering::Relaxed);
+        if remove_file {
+            let _ = std::fs::remove_file(&path);
+        }
         self.counts
             .dropped
             .fetch_add(dropped.len() as u64, Ordering::Relaxed);
@@ -361,11 +461,25 @@ impl ObjectCache {
         }
     }
 
-    /// Drops `key` (deleted from the object store, or its bytes failed a checksum).
-    pub fn forget(&self, key: &str) {
+    /// Drops `key` (deleted from the object store, or its bytes failed a checksum);
+    /// whether the cache held any of its bytes.
+    pub fn forget(&self, key: &str) -> bool {
+        self.forget_generation(key, None)
+    }
+
+    /// Drops `key`'s entry if it is of `generation` (any, for `None`).
+    fn forget_generation(&self, key: &str, generation: Option<u64>) -> bool {
         let removed = {
             let mut state = self.lock();
-            let removed = state.entries.remove(key);
+            let matches = state
+                .entries
+                .get(key)
+                .is_some_and(|e| generation.is_none_or(|g| e.generation == g));
+            let removed = if matches {
+                state.entries.remove(key)
+            } else {
+                None
+            };
             if let Some(entry) = &removed {
                 if entry.used != 0 {
                     state.by_use.remove(&entry.used);
@@ -374,19 +488,22 @@ impl ObjectCache {
             }
             removed
         };
-        if let Some(entry) = removed {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            let path = self.path(key, entry.generation);
-            // A reader that opened the file keeps its bytes.
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => std::mem::drop(runtime.spawn_blocking(move || {
-                    let _ = std::fs::remove_file(path);
-                })),
-                Err(_) => {
-                    let _ = std::fs::remove_file(path);
-                }
+        let Some(entry) = removed else {
+            return false;
+        };
+        self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(key, entry.generation);
+        // A reader that opened the file keeps its bytes; a write under way finds its
+        // entry gone and removes the file again if it made it anew.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => std::mem::drop(runtime.spawn_blocking(move || {
+                let _ = std::fs::remove_file(path);
+            })),
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
             }
         }
+        entry.bytes > 0
     }
 }
 
@@ -456,8 +573,36 @@ mod tests {
         }
     }
 
-    fn object(n: u8) -> Vec<Bytes> {
-        vec![Bytes::from(vec![n; 60]), Bytes::from(vec![n + 1; 40])]
+    /// Waits until every store handed to `cache` is written.
+    async fn settled(cache: &ObjectCache) {
+        for _ in 0..1000 {
+            if cache.stats().pending_bytes == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("stores still pending: {:?}", cache.stats());
+    }
+
+    /// Stores `parts` back to back from `offset` and waits for them.
+    async fn put(cache: &Arc<ObjectCache>, key: &str, offset: u64, parts: &[&[u8]]) {
+        let mut at = offset;
+        let writes = parts
+            .iter()
+            .map(|p| {
+                at += p.len() as u64;
+                (at - p.len() as u64, Bytes::copy_from_slice(p))
+            })
+            .collect();
+        cache.store(key, writes);
+        settled(cache).await;
+    }
+
+    async fn read(cache: &Arc<ObjectCache>, key: &str, range: Range<u64>) -> Option<Bytes> {
+        cache
+            .read(key, std::slice::from_ref(&range))
+            .await
+            .map(|mut v| v.remove(0))
     }
 
     #[tokio::test]
@@ -466,27 +611,51 @@ mod tests {
         // Room for 8 objects of 100 bytes; an object may take an eighth (100 bytes).
         let cache = Arc::new(ObjectCache::open(dir.path(), 800).unwrap());
         for n in 0..8u8 {
-            cache.write(&format!("grains/f/{n}"), 0, &object(n * 2), 100);
+            put(
+                &cache,
+                &format!("grains/f/{n}"),
+                0,
+                &[&[n * 2; 60], &[n * 2 + 1; 40]],
+            )
+            .await;
         }
         assert_eq!(cache.stats().bytes, 800);
         // Using 0 makes 1 the least recently used.
-        let got = cache.read("grains/f/0", 50..70).await.unwrap();
+        let got = read(&cache, "grains/f/0", 50..70).await.unwrap();
         assert_eq!(&got[..10], &[0; 10]);
         assert_eq!(&got[10..], &[1; 10]);
-        cache.write("grains/f/8", 0, &object(16), 100);
-        assert!(cache.read("grains/f/1", 0..1).await.is_none());
-        assert!(cache.read("grains/f/0", 0..1).await.is_some());
-        assert!(cache.read("grains/f/2", 0..1).await.is_some());
+        put(&cache, "grains/f/8", 0, &[&[16; 100]]).await;
+        assert!(read(&cache, "grains/f/1", 0..1).await.is_none());
+        assert!(read(&cache, "grains/f/0", 0..1).await.is_some());
+        assert!(read(&cache, "grains/f/2", 0..1).await.is_some());
         let stats = cache.stats();
         assert_eq!((stats.objects, stats.bytes, stats.dropped), (8, 800, 1));
         assert_eq!((stats.hits, stats.misses), (3, 1));
         assert_eq!(stats.stored_bytes, 900);
-        // The dropped object's file is gone; 8 files remain.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 8);
+        // The dropped object's file is gone; 8 files and the lock remain.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 9);
         // More than an eighth of the cache: not kept, nothing dropped for it.
-        cache.write("big", 0, &[Bytes::from(vec![0; 101])], 101);
-        assert!(cache.read("big", 0..1).await.is_none());
+        put(&cache, "big", 0, &[&[0; 101]]).await;
+        assert!(read(&cache, "big", 0..1).await.is_none());
         assert_eq!(cache.stats().objects, 8);
+    }
+
+    #[tokio::test]
+    async fn an_object_takes_at_most_an_eighth_even_from_stores_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ObjectCache::open(dir.path(), 800).unwrap());
+        // Ten stores of 30 bytes handed over before any is written: three fit in 100.
+        for i in 0..10u64 {
+            cache.store("k", vec![(i * 30, Bytes::from(vec![i as u8; 30]))]);
+        }
+        settled(&cache).await;
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.objects, stats.bytes, stats.stored_bytes),
+            (1, 90, 90)
+        );
+        assert_eq!(read(&cache, "k", 0..90).await.unwrap()[89], 2);
+        assert!(read(&cache, "k", 0..91).await.is_none());
     }
 
     #[tokio::test]
@@ -494,53 +663,56 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(ObjectCache::open(dir.path(), 1 << 20).unwrap());
         // Two parts of an object read at different times, with a gap between them.
-        cache.write("k", 100, &[Bytes::from_static(b"abcdef")], 6);
-        cache.write(
-            "k",
-            110,
-            &[Bytes::from_static(b"uvw"), Bytes::from_static(b"xyz")],
-            6,
-        );
+        put(&cache, "k", 100, &[b"abcdef"]).await;
+        put(&cache, "k", 110, &[b"uvw", b"xyz"]).await;
         assert_eq!(
-            cache.read("k", 101..104).await.unwrap(),
+            read(&cache, "k", 101..104).await.unwrap(),
             Bytes::from_static(b"bcd")
         );
         assert_eq!(
-            cache.read("k", 110..116).await.unwrap(),
+            read(&cache, "k", 110..116).await.unwrap(),
             Bytes::from_static(b"uvwxyz")
         );
+        // Ranges on both sides of the gap, in one read.
+        let both = cache.read("k", &[100..106, 110..116]).await.unwrap();
+        assert_eq!(both, [&b"abcdef"[..], &b"uvwxyz"[..]]);
         // Across the gap, or before the first byte held: not held.
-        assert!(cache.read("k", 104..112).await.is_none());
-        assert!(cache.read("k", 0..2).await.is_none());
+        assert!(read(&cache, "k", 104..112).await.is_none());
+        assert!(cache.read("k", &[100..106, 0..2]).await.is_none());
         // Filling the gap joins them.
-        cache.write("k", 106, &[Bytes::from_static(b"0123")], 4);
+        put(&cache, "k", 106, &[b"0123"]).await;
         assert_eq!(
-            cache.read("k", 100..116).await.unwrap(),
+            read(&cache, "k", 100..116).await.unwrap(),
             Bytes::from_static(b"abcdef0123uvwxyz")
         );
         let stats = cache.stats();
         assert_eq!((stats.objects, stats.bytes), (1, 16));
-        assert_eq!((stats.hits, stats.misses), (3, 2));
+        assert_eq!((stats.hits, stats.misses), (4, 2));
         // Forgotten: its file goes, and its bytes are not served again.
-        cache.forget("k");
-        assert!(cache.read("k", 100..101).await.is_none());
+        assert!(cache.forget("k"));
+        assert!(!cache.forget("k"));
+        assert!(read(&cache, "k", 100..101).await.is_none());
         assert_eq!(cache.stats().bytes, 0);
         for _ in 0..100 {
-            if std::fs::read_dir(dir.path()).unwrap().count() == 0 {
+            if std::fs::read_dir(dir.path()).unwrap().count() == 1 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the lock"
+        );
     }
 
     #[tokio::test]
     async fn a_missing_or_short_file_sends_the_read_elsewhere_and_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(ObjectCache::open(dir.path(), 1 << 20).unwrap());
-        cache.write("grains/a/1", 0, &[Bytes::from_static(b"hello world")], 11);
+        put(&cache, "grains/a/1", 0, &[b"hello world"]).await;
         assert_eq!(
-            cache.read("grains/a/1", 6..11).await.unwrap(),
+            read(&cache, "grains/a/1", 6..11).await.unwrap(),
             Bytes::from_static(b"world")
         );
         // The file shortened behind the cache's back.
@@ -550,37 +722,50 @@ mod tests {
             .open(cache.path("grains/a/1", generation))
             .unwrap();
         file.set_len(8).unwrap();
-        assert!(cache.read("grains/a/1", 6..11).await.is_none());
+        assert!(read(&cache, "grains/a/1", 6..11).await.is_none());
         assert_eq!(cache.stats().objects, 0);
-        cache.write("grains/a/2", 0, &[Bytes::from_static(b"abc")], 3);
+        put(&cache, "grains/a/2", 0, &[b"abc"]).await;
         let generation = cache.lock().entries["grains/a/2"].generation;
         std::fs::remove_file(cache.path("grains/a/2", generation)).unwrap();
-        assert!(cache.read("grains/a/2", 0..3).await.is_none());
+        assert!(read(&cache, "grains/a/2", 0..3).await.is_none());
         assert_eq!(cache.stats().objects, 0);
+        // Kept again, under a new file.
+        put(&cache, "grains/a/2", 0, &[b"abc"]).await;
+        assert_ne!(cache.lock().entries["grains/a/2"].generation, generation);
+        assert_eq!(
+            read(&cache, "grains/a/2", 1..2).await.unwrap(),
+            Bytes::from_static(b"b")
+        );
     }
 
     #[tokio::test]
-    async fn stores_in_the_background() {
+    async fn bytes_past_the_backlog_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Arc::new(ObjectCache::open(dir.path(), 1 << 20).unwrap());
-        cache.store("k", 0, vec![Bytes::from_static(b"12345")]);
-        let mut got = None;
-        for _ in 0..200 {
-            got = cache.read("k", 1..3).await;
-            if got.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(got, Some(Bytes::from_static(b"23")));
+        let cache = Arc::new(ObjectCache::open(dir.path(), 8 * MAX_PENDING).unwrap());
+        cache.lock().pending = MAX_PENDING - 10;
+        cache.store("k", vec![(0, Bytes::from(vec![1; 11]))]);
+        assert_eq!(cache.stats().skipped_bytes, 11);
+        cache.store("k", vec![(0, Bytes::from(vec![1; 10]))]);
+        cache.lock().pending -= MAX_PENDING - 10;
+        settled(&cache).await;
+        assert_eq!(read(&cache, "k", 0..10).await.unwrap(), vec![1; 10]);
     }
 
     #[test]
-    fn starts_empty_and_names_files_apart_inside_its_directory() {
+    fn starts_empty_alone_and_names_files_apart_inside_its_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("left-over.3"), b"x").unwrap();
         let cache = ObjectCache::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [LOCK_FILE]);
+        // A second cache on the directory (another process's, or this one's) is refused.
+        let err = ObjectCache::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("data_dir of its own"), "{err}");
+        drop(cache);
+        let cache = ObjectCache::open(dir.path(), 1 << 20).unwrap();
         let names: HashSet<PathBuf> = ["a/b", "a_b", "a-2f-b", "../x", "a-b", "ab", "a.1"]
             .iter()
             .map(|k| cache.path(k, 1))

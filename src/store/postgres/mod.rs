@@ -571,7 +571,13 @@ impl PostgresStore {
         })?;
         let payloads = match &config.object_cache {
             Some((dir, bytes)) => {
-                let cache = cache::ObjectCache::open(dir, *bytes).map_err(|e| {
+                let (path, max) = (dir.clone(), *bytes);
+                let opened =
+                    tokio::task::spawn_blocking(move || cache::ObjectCache::open(&path, max))
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|opened| opened);
+                let cache = opened.map_err(|e| {
                     refused(SettingError {
                         setting: "object_cache_bytes",
                         reason: format!("cannot use {}: {e}", dir.display()),

@@ -180,16 +180,17 @@ impl Payloads {
         self.cache.as_ref()
     }
 
-    /// Drops the cached bytes of `key` (they failed a grain's checksum): the next read
-    /// goes to the object store.
-    pub fn forget_cached(&self, key: &str) {
-        if let Some(cache) = &self.cache {
+    /// Drops the cached bytes of `key` (bytes of it failed a grain's checksum), so that
+    /// the next read goes to the object store; whether the cache held any.
+    pub fn forget_cached(&self, key: &str) -> bool {
+        let held = self.cache.as_ref().is_some_and(|cache| cache.forget(key));
+        if held {
             tracing::warn!(
                 key,
                 "cached bytes failed a checksum; dropped from the cache"
             );
-            cache.forget(key);
         }
+        held
     }
 
     /// The underlying object store.
@@ -209,14 +210,14 @@ impl Payloads {
     /// Stores `parts` back to back as the object `key` (no copy: the parts are the
     /// grains' own buffers).
     pub async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
-        let kept = self.cache.as_ref().map(|_| parts.clone());
+        let kept = self.cache.as_ref().map(|_| back_to_back(0, &parts));
         let payload: PutPayload = parts.into_iter().collect();
         self.store
             .put(&Path::from(key), payload)
             .await
             .map_err(unavailable)?;
-        if let (Some(cache), Some(parts)) = (&self.cache, kept) {
-            cache.store(key, 0, parts);
+        if let (Some(cache), Some(writes)) = (&self.cache, kept) {
+            cache.store(key, writes);
         }
         Ok(())
     }
@@ -251,33 +252,19 @@ impl Payloads {
         wanted: &[(&str, Range<u64>)],
     ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
         fetch_by_object(wanted, |key, ranges| async move {
-            if let Some(span) = self.cached_span(key, &ranges).await {
-                let start = ranges.first().map_or(0, |r| r.start);
-                return Ok(ranges
-                    .iter()
-                    .map(|r| Ok(span.slice((r.start - start) as usize..(r.end - start) as usize)))
-                    .collect());
+            if let Some(cache) = &self.cache
+                && let Some(held) = cache.read(key, &ranges).await
+            {
+                return Ok(held.into_iter().map(Ok).collect());
             }
             let got = self.store.get_ranges(&Path::from(key), &ranges).await?;
             if let Some(cache) = &self.cache {
-                for (range, bytes) in ranges.iter().zip(&got) {
-                    cache.store(key, range.start, vec![bytes.clone()]);
-                }
+                let writes = ranges.iter().map(|r| r.start).zip(got.iter().cloned());
+                cache.store(key, writes.collect());
             }
             Ok(got.into_iter().map(Ok).collect())
         })
         .await
-    }
-
-    /// The bytes from the first of `ranges`' start to the last's end, if the cache
-    /// holds them.
-    async fn cached_span(&self, key: &str, ranges: &[Range<u64>]) -> Option<Bytes> {
-        let cache = self.cache.as_ref()?;
-        let (first, last) = (ranges.first()?, ranges.last()?);
-        if first.start >= last.end {
-            return None;
-        }
-        cache.read(key, first.start..last.end).await
     }
 
     /// As [`Payloads::fetch`], with each payload as the pieces in which the object
@@ -309,10 +296,13 @@ impl Payloads {
             ranges.windows(2).all(|w| w[0].end <= w[1].start),
             "ranges sorted and apart"
         );
+        if let Some(cache) = &self.cache
+            && let Some(held) = cache.read(key, ranges).await
+        {
+            return Ok(held.into_iter().map(|b| Ok(vec![b])).collect());
+        }
         let mut cutter = Cutter::new(first.start, ranges);
-        if let Some(span) = self.cached_span(key, ranges).await {
-            cutter.feed(span);
-        } else if first.start < last.end {
+        if first.start < last.end {
             let options = GetOptions {
                 range: Some(GetRange::Bounded(first.start..last.end)),
                 ..GetOptions::default()
@@ -335,7 +325,7 @@ impl Payloads {
                 cutter.feed(chunk);
             }
             if let Some(cache) = &self.cache {
-                cache.store(key, first.start, arrived);
+                cache.store(key, back_to_back(first.start, &arrived));
             }
         }
         Ok(cutter.finish(key))
@@ -352,6 +342,18 @@ impl Payloads {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
+
+/// `parts` paired with their offsets, back to back from `start`.
+fn back_to_back(start: u64, parts: &[Bytes]) -> Vec<(u64, Bytes)> {
+    let mut at = start;
+    parts
+        .iter()
+        .map(|part| {
+            at += part.len() as u64;
+            (at - part.len() as u64, part.clone())
+        })
+        .collect()
 }
 
 /// Fetches the (key, range) pairs of `wanted` by object: the ranges of one object, in
@@ -646,6 +648,52 @@ mod tests {
             assert!(missing[0].is_ok());
             assert!(matches!(missing[1], Err(StoreError::Corrupt(_))));
         }
+    }
+
+    /// With a cache, the bytes read once (through either call, with gaps between the
+    /// ranges of one request) are read again from it, not from the object store.
+    #[tokio::test]
+    async fn what_was_read_once_is_read_again_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ObjectCache::open(dir.path(), 64 << 20).unwrap());
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let object: Vec<u8> = (0..1_000_000).map(|i| (i % 251) as u8).collect();
+        // Uploaded without the cache: nothing of it is held.
+        Payloads::new(Arc::clone(&store))
+            .put("a", vec![Bytes::from(object.clone())])
+            .await
+            .unwrap();
+        let payloads = Payloads::with_cache(store, Arc::clone(&cache));
+        let settled = || async {
+            while cache.stats().pending_bytes > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        // Gaps of 1,000 bytes: one request per call, its gaps not wanted.
+        let wanted: Vec<(&str, Range<u64>)> = (0..10)
+            .map(|i| ("a", i * 11_000..i * 11_000 + 10_000))
+            .collect();
+        let expect = |r: &Range<u64>| object[r.start as usize..r.end as usize].to_vec();
+        for round in 0..3 {
+            let whole = payloads.fetch(&wanted).await.unwrap();
+            settled().await;
+            let pieces = payloads.fetch_pieces(&wanted).await.unwrap();
+            for ((w, p), (_, r)) in whole.into_iter().zip(pieces).zip(&wanted) {
+                assert_eq!(w.unwrap().to_vec(), expect(r));
+                assert_eq!(p.unwrap().concat(), expect(r));
+            }
+            settled().await;
+            let stats = cache.stats();
+            // The first call missed and stored; every one after it hit.
+            assert_eq!((stats.misses, stats.hits), (1, 2 * round + 1), "{stats:?}");
+        }
+        // A range of the object not read before goes to the object store.
+        let other = payloads.fetch(&[("a", 500_000..500_010)]).await.unwrap();
+        assert_eq!(
+            other[0].as_ref().unwrap().to_vec(),
+            expect(&(500_000..500_010))
+        );
+        assert_eq!(cache.stats().misses, 2);
     }
 
     #[test]

@@ -196,9 +196,9 @@ async fn load_payload_pieces(
 }
 
 /// `fetched` (the payloads of `stored`'s [`object_ranges`]), each checked against its
-/// grain's length and checksum. With an object cache, those that fail are fetched once
-/// more, their objects first dropped from the cache (so they come from the object
-/// store): a damaged cache file costs a second request, not a grain.
+/// grain's length and checksum. Those that fail, of objects the cache held bytes of,
+/// are fetched once more, their objects first dropped from the cache (so they come
+/// from the object store): a damaged cache file costs a second request, not a grain.
 async fn checked<'a, T, F>(
     shared: &Shared,
     stored: &[StoredGrain],
@@ -223,12 +223,19 @@ where
     if failed.is_empty() || shared.payloads.cache().is_none() {
         return Ok(fetched);
     }
+    // Fetched again: the payloads of objects the cache held (forgotten first, so that
+    // they come from the object store).
+    let keys: std::collections::HashSet<&str> = failed.iter().map(|&i| ranges[i].0).collect();
+    let held: std::collections::HashSet<&str> = keys
+        .into_iter()
+        .filter(|key| shared.payloads.forget_cached(key))
+        .collect();
+    failed.retain(|&i| held.contains(ranges[i].0));
+    if failed.is_empty() {
+        return Ok(fetched);
+    }
     let again: Vec<(&'a str, std::ops::Range<u64>)> =
         failed.iter().map(|&i| ranges[i].clone()).collect();
-    let keys: std::collections::HashSet<&str> = again.iter().map(|(key, _)| *key).collect();
-    for key in keys {
-        shared.payloads.forget_cached(key);
-    }
     let refetched = refetch(again).await?;
     let in_objects: Vec<&StoredGrain> = stored.iter().filter(|s| s.object.is_some()).collect();
     for (i, payload) in failed.into_iter().zip(refetched) {
