@@ -8,6 +8,7 @@
 //! pages already mapped. The pool is bounded: at most [`MAX_KEPT`] bytes of buffers, none
 //! larger than [`MAX_BUFFER`], so it never holds much memory however many grains pass.
 
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -89,6 +90,57 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         self.pool.give_back(std::mem::take(&mut self.buf));
     }
+}
+
+/// Reads `len` bytes at `offset` of `file` (blocking) into a buffer of [`POOL`].
+pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = POOL.take(len);
+    if let Err(e) = read_exact_at(file, len, offset, &mut buf) {
+        POOL.give_back(buf);
+        return Err(e);
+    }
+    Ok(POOL.freeze(buf))
+}
+
+/// Reads exactly `len` bytes at `offset` into `buf` (empty, with room for them) without
+/// zeroing it first: for 1 MiB payloads, clearing the buffer that `pread` then
+/// overwrites costs as much as the copy from the page cache itself.
+fn read_exact_at(
+    file: &std::fs::File,
+    len: usize,
+    offset: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    debug_assert!(buf.is_empty() && buf.capacity() >= len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::other("file offset out of range"))?;
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; pread
+        // writes at most that many bytes into it and reports how many it wrote.
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            n if n > 0 => {
+                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(done + n as usize) };
+            }
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file ends before the bytes wanted",
+                ));
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

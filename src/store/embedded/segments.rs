@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::buffer::POOL;
 
 /// The directory of segment files and a cache of open handles for reading.
 #[derive(Debug)]
@@ -64,13 +63,7 @@ impl Segments {
     /// Reads `len` bytes at `offset` of segment `id` (blocking).
     pub fn read(&self, id: u64, offset: u64, len: usize) -> std::io::Result<Bytes> {
         let file = self.reader(id)?;
-        // A reused buffer: see `crate::buffer` for why.
-        let mut buf = POOL.take(len);
-        if let Err(e) = read_exact_at(&file, len, offset, &mut buf) {
-            POOL.give_back(buf);
-            return Err(e);
-        }
-        Ok(POOL.freeze(buf))
+        crate::buffer::read_at(&file, offset, len)
     }
 
     fn reader(&self, id: u64) -> std::io::Result<Arc<File>> {
@@ -126,43 +119,6 @@ impl Segments {
             written_back: len,
         })
     }
-}
-
-/// Reads exactly `len` bytes at `offset` into a fresh buffer without zeroing it first:
-/// for 1 MiB payloads, clearing the buffer that `pread` then overwrites costs as much as
-/// the copy from the page cache itself.
-/// Reads `len` bytes at `offset` into `buf` (empty, with room for them).
-fn read_exact_at(file: &File, len: usize, offset: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    debug_assert!(buf.is_empty() && buf.capacity() >= len);
-    while buf.len() < len {
-        let done = buf.len();
-        let spare = &mut buf.spare_capacity_mut()[..len - done];
-        let at = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| std::io::Error::other("segment offset out of range"))?;
-        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`; pread
-        // writes at most that many bytes into it and reports how many it wrote.
-        let n =
-            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
-        match n {
-            n if n > 0 => {
-                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(done + n as usize) };
-            }
-            0 => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "segment ends before the payload",
-                ));
-            }
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The segment being appended to, owned by the committer.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// The part of the cache's bytes one object may take at most.
 const MAX_SHARE: u64 = 8;
@@ -293,9 +293,7 @@ impl ObjectCache {
                 .iter()
                 .map(|r| {
                     let len = usize::try_from(r.end - r.start).map_err(std::io::Error::other)?;
-                    let mut buf = BytesMut::zeroed(len);
-                    file.read_exact_at(&mut buf, r.start)?;
-                    Ok(buf.freeze())
+                    crate::buffer::read_at(&file, r.start, len)
                 })
                 .collect()
         })
