@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use grainstore::grain::Grain;
 use grainstore::store::postgres::{ObjectStoreConfig, PostgresConfig, PostgresStore};
 use grainstore::store::{FlowId, GrainQuery, Order, Store, StoreError};
@@ -1172,4 +1172,46 @@ async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_s
     for (got, sent) in read_all(&store, flow.id).await.iter().zip(&sent) {
         assert_stored(got, sent);
     }
+
+    // Damaged in the object store as well as in the cache: reported as corrupt, never
+    // served, by grain and by GSF page.
+    let raw = raw_objects(&s3_objects(&schema));
+    let listed: Vec<object_store::ObjectMeta> = object_store::ObjectStore::list(&*raw, None)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    for meta in listed {
+        let got = object_store::ObjectStoreExt::get(&*raw, &meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut bytes = got.to_vec();
+        for grain in 0..3 {
+            bytes[grain * 30_000 + 9] ^= 0x10;
+        }
+        object_store::ObjectStoreExt::put(&*raw, &meta.location, bytes.into())
+            .await
+            .unwrap();
+    }
+    cache_holds(&store, 2, 6 * 30_000).await;
+    for path in files() {
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[11] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let session = store.open_read(flow.id).await.unwrap();
+    let mut grains = session.grains(GrainQuery::all());
+    assert!(matches!(
+        grains.next().await,
+        Some(Err(StoreError::Corrupt(_)))
+    ));
+    drop(grains);
+    let mut pages = session.gsf_pages(GrainQuery::all(), 1);
+    assert!(matches!(
+        pages.next().await,
+        Some(Err(StoreError::Corrupt(_)))
+    ));
 }

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-
 /// The directory of segment files and a cache of open handles for reading.
 #[derive(Debug)]
 pub struct Segments {

@@ -14,8 +14,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -172,12 +173,11 @@ impl ObjectCache {
     /// processes, and emptied of the files an earlier run left. Blocks on the file
     /// system.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<ObjectCache> {
-        std::fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let lock = private_file(&dir.join(LOCK_FILE), false)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -186,7 +186,12 @@ impl ObjectCache {
                      storage.data_dir of its own)",
                 ));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot lock it ({e}; it must be on a local disk)"),
+                ));
+            }
         }
         let mut removed = 0u64;
         for entry in std::fs::read_dir(dir)? {
@@ -247,6 +252,9 @@ impl ObjectCache {
     /// The generation of `key`'s entry if it holds every one of `ranges`.
     fn holding(state: &State, key: &str, ranges: &[Range<u64>]) -> Option<u64> {
         let entry = state.entries.get(key)?;
+        if ranges.is_empty() {
+            return None;
+        }
         ranges
             .iter()
             .all(|want| {
@@ -319,12 +327,15 @@ impl ObjectCache {
     /// Keeps each of `writes` (bytes at an offset of the object `key`), in the
     /// background: the caller does not wait for the disk. Nothing is kept that would
     /// take the object past an eighth of the cache, or the bytes waiting to be written
-    /// past [`MAX_PENDING`].
+    /// past [`MAX_PENDING`] (nor more than that at once, however much is waiting).
     pub fn store(self: &Arc<Self>, key: &str, writes: Vec<(u64, Bytes)>) {
         let len: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
-        if len == 0 || len > self.max_bytes / MAX_SHARE {
+        if len == 0 || len > (self.max_bytes / MAX_SHARE).min(MAX_PENDING) {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let generation = {
             let mut state = self.lock();
             if state.pending + len > MAX_PENDING {
@@ -370,33 +381,60 @@ impl ObjectCache {
             *pending += len;
             generation
         };
-        let cache = Arc::clone(self);
-        let key = key.to_owned();
-        std::mem::drop(tokio::task::spawn_blocking(move || {
-            cache.write(&key, generation, &writes, len)
+        // Whatever becomes of the task (it may never run if the runtime is shutting
+        // down), the job's drop gives back what was reserved for it.
+        let job = Job {
+            cache: Arc::clone(self),
+            key: key.to_owned(),
+            generation,
+            writes,
+            len,
+            written: None,
+        };
+        std::mem::drop(runtime.spawn_blocking(move || {
+            let mut job = job;
+            job.written = Some(job.cache.write_file(&job.key, job.generation, &job.writes));
         }));
     }
 
-    /// Writes `writes` in the file of `key`'s entry of `generation`, then counts them as
-    /// held and makes room for them.
-    fn write(&self, key: &str, generation: u64, writes: &[(u64, Bytes)], len: u64) {
+    /// Writes `writes` in the file of `key`'s entry of `generation`, each run of
+    /// adjacent pieces in one system call where it fits.
+    fn write_file(&self, key: &str, generation: u64, writes: &[(u64, Bytes)]) -> bool {
         let path = self.path(key, generation);
-        let written = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .and_then(|file| {
-                for (at, bytes) in writes {
-                    file.write_all_at(bytes, *at)?;
-                }
-                Ok(())
-            });
+        let written = private_file(&path, false).and_then(|mut file| {
+            let mut rest = writes;
+            while let Some(&(start, _)) = rest.first() {
+                // The pieces that follow each other from `start`.
+                let mut end = start;
+                let run = rest
+                    .iter()
+                    .take_while(|(at, b)| {
+                        let next = *at == end;
+                        end += b.len() as u64;
+                        next
+                    })
+                    .count();
+                write_run(&mut file, start, &rest[..run])?;
+                rest = &rest[run..];
+            }
+            Ok(())
+        });
+        if let Err(e) = &written {
+            tracing::warn!(key, error = %e, "cannot keep an object's bytes in the cache");
+        }
+        written.is_ok()
+    }
+
+    /// Counts the bytes of a finished (or abandoned) job as held, or gives back its
+    /// reservation, and makes room; the bytes waiting are counted down last, so that
+    /// when none wait, every job's effects (files unlinked included) are done.
+    fn finish(&self, job: &Job) {
+        let (key, generation, len) = (job.key.as_str(), job.generation, job.len);
+        let path = self.path(key, generation);
         let mut dropped = Vec::new();
         let mut remove_file = false;
         {
             let mut state = self.lock();
-            state.pending -= len;
             state.clock += 1;
             let tick = state.clock;
             let State {
@@ -407,34 +445,28 @@ impl ObjectCache {
             } = &mut *state;
             match entries.get_mut(key).filter(|e| e.generation == generation) {
                 // Dropped meanwhile: the file is no one's (it may have been made again
-                // by this write after it was unlinked).
-                None => remove_file = true,
+                // by this job after it was unlinked).
+                None => remove_file = job.written.is_some(),
                 Some(entry) => {
                     entry.writers -= 1;
                     entry.reserved -= len;
-                    match written {
-                        Ok(()) => {
-                            for (at, b) in writes {
-                                let range = *at..at + b.len() as u64;
-                                entry.held = merge(std::mem::take(&mut entry.held), range);
-                            }
-                            let before = entry.bytes;
-                            entry.bytes = entry.held.iter().map(|r| r.end - r.start).sum();
-                            *bytes += entry.bytes - before;
-                            if entry.used != 0 {
-                                by_use.remove(&entry.used);
-                            }
-                            entry.used = tick;
-                            by_use.insert(tick, key.to_owned());
-                            self.counts.stored.fetch_add(len, Ordering::Relaxed);
+                    if job.written == Some(true) {
+                        for (at, b) in &job.writes {
+                            let range = *at..at + b.len() as u64;
+                            entry.held = merge(std::mem::take(&mut entry.held), range);
                         }
-                        Err(e) => {
-                            tracing::warn!(key, error = %e, "cannot keep an object's bytes in the cache");
-                            if entry.held.is_empty() && entry.writers == 0 {
-                                entries.remove(key);
-                                remove_file = true;
-                            }
+                        let before = entry.bytes;
+                        entry.bytes = entry.held.iter().map(|r| r.end - r.start).sum();
+                        *bytes += entry.bytes - before;
+                        if entry.used != 0 {
+                            by_use.remove(&entry.used);
                         }
+                        entry.used = tick;
+                        by_use.insert(tick, key.to_owned());
+                        self.counts.stored.fetch_add(len, Ordering::Relaxed);
+                    } else if entry.held.is_empty() && entry.writers == 0 {
+                        entries.remove(key);
+                        remove_file = job.written.is_some();
                     }
                     while *bytes > self.max_bytes {
                         let Some((_, oldest)) = by_use.pop_first() else {
@@ -457,6 +489,7 @@ impl ObjectCache {
         for (key, generation) in dropped {
             let _ = std::fs::remove_file(self.path(&key, generation));
         }
+        self.lock().pending -= len;
     }
 
     /// Drops `key` (deleted from the object store, or its bytes failed a checksum);
@@ -503,6 +536,55 @@ impl ObjectCache {
         }
         entry.bytes > 0
     }
+}
+
+/// Bytes handed to [`ObjectCache::store`], written in the background.
+struct Job {
+    cache: Arc<ObjectCache>,
+    key: String,
+    generation: u64,
+    writes: Vec<(u64, Bytes)>,
+    len: u64,
+    /// Whether the file was written; `None` if the job never ran.
+    written: Option<bool>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.cache.finish(self);
+    }
+}
+
+/// Opens `path` for writing, made readable and writable by this user only (the cache
+/// holds copies of payloads), truncated or not.
+fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(truncate)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Writes `pieces`, which follow each other, at `start` of `file`: with `writev`, as
+/// many pieces a call as the system takes (an object store's answer may come in pieces
+/// of a few KiB).
+fn write_run(file: &mut File, start: u64, pieces: &[(u64, Bytes)]) -> std::io::Result<()> {
+    const MAX_SLICES: usize = 1024;
+    file.seek(SeekFrom::Start(start))?;
+    for group in pieces.chunks(MAX_SLICES) {
+        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|(_, b)| IoSlice::new(b)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match file.write_vectored(slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `held` (sorted, apart) with `new` added, merging what overlaps or touches.
@@ -749,6 +831,50 @@ mod tests {
         assert_eq!(read(&cache, "k", 0..10).await.unwrap(), vec![1; 10]);
     }
 
+    #[tokio::test]
+    async fn many_small_pieces_are_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ObjectCache::open(dir.path(), 64 << 20).unwrap());
+        // 3,000 pieces of 7 bytes (more than one writev takes), then two runs apart.
+        let pieces: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; 7]).collect();
+        let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        put(&cache, "k", 5, &refs).await;
+        cache.store(
+            "k",
+            vec![
+                (30_000, Bytes::from_static(b"ab")),
+                (30_002, Bytes::from_static(b"cd")),
+                (40_000, Bytes::from_static(b"xyz")),
+            ],
+        );
+        settled(&cache).await;
+        let whole = read(&cache, "k", 5..21_005).await.unwrap();
+        assert_eq!(whole, pieces.concat());
+        let runs = cache
+            .read("k", &[30_000..30_004, 40_000..40_003])
+            .await
+            .unwrap();
+        assert_eq!(runs, [&b"abcd"[..], &b"xyz"[..]]);
+        assert_eq!(cache.stats().bytes, 21_000 + 4 + 3);
+    }
+
+    #[test]
+    fn keeps_nothing_outside_a_runtime_or_larger_than_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(ObjectCache::open(dir.path(), u64::MAX / 2).unwrap());
+        cache.store("k", vec![(0, Bytes::from_static(b"abc"))]);
+        assert_eq!(cache.stats(), CacheStats::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let big = Bytes::from(vec![0; MAX_PENDING as usize + 1]);
+            cache.store("k", vec![(0, big)]);
+            // Not kept, and not counted as skipped for a lagging disk either.
+            assert_eq!(cache.stats(), CacheStats::default());
+        });
+    }
+
     #[test]
     fn starts_empty_alone_and_names_files_apart_inside_its_directory() {
         let dir = tempfile::tempdir().unwrap();
@@ -773,5 +899,12 @@ mod tests {
             assert_eq!(name.parent(), Some(dir.path()));
         }
         assert_ne!(cache.path("a", 1), cache.path("a", 2));
+        // Its directory and files are this user's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh");
+        drop(ObjectCache::open(&fresh, 1 << 20).unwrap());
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(LOCK_FILE)), 0o600);
     }
 }

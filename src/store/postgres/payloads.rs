@@ -180,17 +180,12 @@ impl Payloads {
         self.cache.as_ref()
     }
 
-    /// Drops the cached bytes of `key` (bytes of it failed a grain's checksum), so that
-    /// the next read goes to the object store; whether the cache held any.
-    pub fn forget_cached(&self, key: &str) -> bool {
-        let held = self.cache.as_ref().is_some_and(|cache| cache.forget(key));
-        if held {
-            tracing::warn!(
-                key,
-                "cached bytes failed a checksum; dropped from the cache"
-            );
+    /// Drops the cached bytes of `key` (bytes of it read from the cache failed a
+    /// grain's checksum), so that the next read goes to the object store.
+    pub fn forget_cached(&self, key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(key);
         }
-        held
     }
 
     /// The underlying object store.
@@ -247,22 +242,19 @@ impl Payloads {
     /// Fetches byte ranges of several objects: `wanted` is (key, range) per payload, the
     /// answer is in the same order. The ranges of one object are cut into [`spans`], each
     /// fetched in one call that coalesces its ranges; all spans are fetched concurrently.
-    pub async fn fetch(
-        &self,
-        wanted: &[(&str, Range<u64>)],
-    ) -> Result<Vec<Result<Bytes, StoreError>>, StoreError> {
+    pub async fn fetch(&self, wanted: &[(&str, Range<u64>)]) -> Result<Fetched<Bytes>, StoreError> {
         fetch_by_object(wanted, |key, ranges| async move {
             if let Some(cache) = &self.cache
                 && let Some(held) = cache.read(key, &ranges).await
             {
-                return Ok(held.into_iter().map(Ok).collect());
+                return Ok((held.into_iter().map(Ok).collect(), true));
             }
             let got = self.store.get_ranges(&Path::from(key), &ranges).await?;
             if let Some(cache) = &self.cache {
                 let writes = ranges.iter().map(|r| r.start).zip(got.iter().cloned());
                 cache.store(key, writes.collect());
             }
-            Ok(got.into_iter().map(Ok).collect())
+            Ok((got.into_iter().map(Ok).collect(), false))
         })
         .await
     }
@@ -275,7 +267,7 @@ impl Payloads {
     pub async fn fetch_pieces(
         &self,
         wanted: &[(&str, Range<u64>)],
-    ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, StoreError> {
+    ) -> Result<Fetched<Vec<Bytes>>, StoreError> {
         fetch_by_object(wanted, |key, ranges| async move {
             self.fetch_span(key, &ranges).await
         })
@@ -283,14 +275,15 @@ impl Payloads {
     }
 
     /// The pieces of `ranges` (sorted, not overlapping) of object `key`, read in one
-    /// request for the span from the first's start to the last's end.
+    /// request for the span from the first's start to the last's end, or from the
+    /// cache (the flag).
     async fn fetch_span(
         &self,
         key: &str,
         ranges: &[Range<u64>],
-    ) -> Result<Vec<Result<Vec<Bytes>, StoreError>>, object_store::Error> {
+    ) -> Result<(Vec<Result<Vec<Bytes>, StoreError>>, bool), object_store::Error> {
         let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         debug_assert!(
             ranges.windows(2).all(|w| w[0].end <= w[1].start),
@@ -299,7 +292,7 @@ impl Payloads {
         if let Some(cache) = &self.cache
             && let Some(held) = cache.read(key, ranges).await
         {
-            return Ok(held.into_iter().map(|b| Ok(vec![b])).collect());
+            return Ok((held.into_iter().map(|b| Ok(vec![b])).collect(), true));
         }
         let mut cutter = Cutter::new(first.start, ranges);
         if first.start < last.end {
@@ -328,7 +321,7 @@ impl Payloads {
                 cache.store(key, back_to_back(first.start, &arrived));
             }
         }
-        Ok(cutter.finish(key))
+        Ok((cutter.finish(key), false))
     }
 
     /// Succeeds when the object store answers (a missing probe object is an answer).
@@ -364,9 +357,11 @@ fn back_to_back(start: u64, parts: &[Bytes]) -> Vec<(u64, Bytes)> {
 async fn fetch_by_object<'k, T, Fut>(
     wanted: &[(&'k str, Range<u64>)],
     get: impl Fn(&'k str, Vec<Range<u64>>) -> Fut,
-) -> Result<Vec<Result<T, StoreError>>, StoreError>
+) -> Result<Fetched<T>, StoreError>
 where
-    Fut: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, object_store::Error>>,
+    Fut: std::future::Future<
+            Output = Result<(Vec<Result<T, StoreError>>, bool), object_store::Error>,
+        >,
 {
     let mut by_key: HashMap<&'k str, Vec<usize>> = HashMap::new();
     for (i, (key, _)) in wanted.iter().enumerate() {
@@ -382,11 +377,13 @@ where
         }
     }
     let mut out: Vec<Option<Result<T, StoreError>>> = (0..wanted.len()).map(|_| None).collect();
+    let mut from_cache = vec![false; wanted.len()];
     for (key, indexes, got) in futures::future::join_all(requests).await {
         match got {
-            Ok(results) => {
+            Ok((results, cached)) => {
                 for (i, result) in indexes.into_iter().zip(results) {
                     out[i] = Some(result);
+                    from_cache[i] = cached;
                 }
             }
             Err(object_store::Error::NotFound { .. }) => {
@@ -399,11 +396,26 @@ where
             Err(e) => return Err(unavailable(e)),
         }
     }
-    out.into_iter()
+    let results = out
+        .into_iter()
         .map(|r| {
             r.ok_or_else(|| StoreError::Corrupt("object store returned too few ranges".into()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Fetched {
+        results,
+        from_cache,
+    })
+}
+
+/// What [`Payloads::fetch`] and [`Payloads::fetch_pieces`] answer: a result per range
+/// asked for, in order, and for each whether it came from the object cache.
+#[derive(Debug)]
+pub struct Fetched<T> {
+    /// The bytes of each range, or its own error.
+    pub results: Vec<Result<T, StoreError>>,
+    /// Whether each was read from the cache rather than the object store.
+    pub from_cache: Vec<bool>,
 }
 
 /// The bytes one request for ranges of one object asks for at most (a single range
@@ -634,8 +646,8 @@ mod tests {
                 ("a", 1_500_000..1_500_001),
                 ("b", 150_000..151_000),
             ];
-            let whole = payloads.fetch(&wanted).await.unwrap();
-            let pieces = payloads.fetch_pieces(&wanted).await.unwrap();
+            let whole = payloads.fetch(&wanted).await.unwrap().results;
+            let pieces = payloads.fetch_pieces(&wanted).await.unwrap().results;
             assert_eq!(whole.len(), pieces.len());
             for ((w, p), (key, range)) in whole.into_iter().zip(pieces).zip(&wanted) {
                 assert_eq!(p.unwrap().concat(), w.unwrap().to_vec(), "{key} {range:?}");
@@ -644,7 +656,8 @@ mod tests {
             let missing = payloads
                 .fetch_pieces(&[("a", 0..10), ("gone", 0..10)])
                 .await
-                .unwrap();
+                .unwrap()
+                .results;
             assert!(missing[0].is_ok());
             assert!(matches!(missing[1], Err(StoreError::Corrupt(_))));
         }
@@ -665,9 +678,13 @@ mod tests {
             .unwrap();
         let payloads = Payloads::with_cache(store, Arc::clone(&cache));
         let settled = || async {
-            while cache.stats().pending_bytes > 0 {
+            for _ in 0..5000 {
+                if cache.stats().pending_bytes == 0 {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            panic!("the cache's stores never finished: {:?}", cache.stats());
         };
         // Gaps of 1,000 bytes: one request per call, its gaps not wanted.
         let wanted: Vec<(&str, Range<u64>)> = (0..10)
@@ -678,6 +695,10 @@ mod tests {
             let whole = payloads.fetch(&wanted).await.unwrap();
             settled().await;
             let pieces = payloads.fetch_pieces(&wanted).await.unwrap();
+            let cached = round > 0;
+            assert_eq!(whole.from_cache, vec![cached; wanted.len()]);
+            assert_eq!(pieces.from_cache, vec![true; wanted.len()]);
+            let (whole, pieces) = (whole.results, pieces.results);
             for ((w, p), (_, r)) in whole.into_iter().zip(pieces).zip(&wanted) {
                 assert_eq!(w.unwrap().to_vec(), expect(r));
                 assert_eq!(p.unwrap().concat(), expect(r));
@@ -688,7 +709,11 @@ mod tests {
             assert_eq!((stats.misses, stats.hits), (1, 2 * round + 1), "{stats:?}");
         }
         // A range of the object not read before goes to the object store.
-        let other = payloads.fetch(&[("a", 500_000..500_010)]).await.unwrap();
+        let other = payloads
+            .fetch(&[("a", 500_000..500_010)])
+            .await
+            .unwrap()
+            .results;
         assert_eq!(
             other[0].as_ref().unwrap().to_vec(),
             expect(&(500_000..500_010))

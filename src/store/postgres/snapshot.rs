@@ -8,6 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::tokio_postgres::Row;
 use deadpool_postgres::tokio_postgres::types::ToSql;
 
+use super::payloads::Fetched;
 use super::txn::Txn;
 use super::{Shared, corrupt, extent_join, extent_of, extent_sql, join, pg_error, runs, split};
 use crate::grain::wire::stored_gbhd;
@@ -164,7 +165,7 @@ async fn load_payloads(
         &ranges,
         fetched,
         |s, p: &Bytes| s.verify(p),
-        |again| async move { shared.payloads.fetch(&again).await },
+        |again| async move { shared.payloads.fetch(&again).await.map(|f| f.results) },
     )
     .await?;
     Ok(in_place(stored, fetched, Bytes::clone, |s, p| s.verify(p)))
@@ -184,7 +185,13 @@ async fn load_payload_pieces(
         &ranges,
         fetched,
         |s, p: &Vec<Bytes>| s.verify_pieces(p),
-        |again| async move { shared.payloads.fetch_pieces(&again).await },
+        |again| async move {
+            shared
+                .payloads
+                .fetch_pieces(&again)
+                .await
+                .map(|f| f.results)
+        },
     )
     .await?;
     Ok(in_place(
@@ -196,20 +203,24 @@ async fn load_payload_pieces(
 }
 
 /// `fetched` (the payloads of `stored`'s [`object_ranges`]), each checked against its
-/// grain's length and checksum. Those that fail, of objects the cache held bytes of,
+/// grain's length and checksum. Those that fail and were read from the object cache
 /// are fetched once more, their objects first dropped from the cache (so they come
 /// from the object store): a damaged cache file costs a second request, not a grain.
 async fn checked<'a, T, F>(
     shared: &Shared,
     stored: &[StoredGrain],
     ranges: &[(&'a str, std::ops::Range<u64>)],
-    mut fetched: Vec<Result<T, StoreError>>,
+    fetched: Fetched<T>,
     verify: impl Fn(&StoredGrain, &T) -> Result<(), StoreError>,
     refetch: impl FnOnce(Vec<(&'a str, std::ops::Range<u64>)>) -> F,
 ) -> Result<Vec<Result<T, StoreError>>, StoreError>
 where
     F: std::future::Future<Output = Result<Vec<Result<T, StoreError>>, StoreError>>,
 {
+    let Fetched {
+        results: mut fetched,
+        from_cache,
+    } = fetched;
     let in_objects = stored.iter().filter(|s| s.object.is_some());
     let mut failed = Vec::new();
     for (i, (s, payload)) in in_objects.zip(fetched.iter_mut()).enumerate() {
@@ -220,19 +231,15 @@ where
             failed.push(i);
         }
     }
-    if failed.is_empty() || shared.payloads.cache().is_none() {
-        return Ok(fetched);
-    }
-    // Fetched again: the payloads of objects the cache held (forgotten first, so that
+    // Fetched again: those the cache served (their objects forgotten first, so that
     // they come from the object store).
-    let keys: std::collections::HashSet<&str> = failed.iter().map(|&i| ranges[i].0).collect();
-    let held: std::collections::HashSet<&str> = keys
-        .into_iter()
-        .filter(|key| shared.payloads.forget_cached(key))
-        .collect();
-    failed.retain(|&i| held.contains(ranges[i].0));
+    failed.retain(|&i| from_cache[i]);
     if failed.is_empty() {
         return Ok(fetched);
+    }
+    let keys: std::collections::HashSet<&str> = failed.iter().map(|&i| ranges[i].0).collect();
+    for key in keys {
+        shared.payloads.forget_cached(key);
     }
     let again: Vec<(&'a str, std::ops::Range<u64>)> =
         failed.iter().map(|&i| ranges[i].clone()).collect();
@@ -240,6 +247,14 @@ where
     let in_objects: Vec<&StoredGrain> = stored.iter().filter(|s| s.object.is_some()).collect();
     for (i, payload) in failed.into_iter().zip(refetched) {
         fetched[i] = payload.and_then(|p| verify(in_objects[i], &p).map(|()| p));
+        // The cache is to blame only if the object store's bytes pass (if they fail
+        // too, the grain is reported as corrupt, as without a cache).
+        if fetched[i].is_ok() {
+            tracing::warn!(
+                key = ranges[i].0,
+                "cached bytes failed a checksum; read again from the object store"
+            );
+        }
     }
     Ok(fetched)
 }
