@@ -455,14 +455,7 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
         // it (before their responses ended) is written.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let text = client
-                .get(b.url("/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("metrics text");
+            let text = metrics_text(&client, &b).await;
             if cache(&text, "pending_bytes") == 0 {
                 break;
             }
@@ -489,14 +482,7 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
         for (got, want) in read.iter().zip(&written) {
             assert_eq!(got.payload(), want.payload(), "{}", want.origin_timestamp());
         }
-        let text = client
-            .get(b.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = metrics_text(&client, &b).await;
         misses.push(cache(&text, "misses_total"));
         hits.push(cache(&text, "hits_total"));
     }
@@ -510,6 +496,18 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
     );
     assert!(hits[1] > hits[0], "hits {hits:?}");
     drop(b);
+}
+
+/// `replica`'s `/metrics` text.
+async fn metrics_text(client: &reqwest::Client, replica: &Replica) -> String {
+    client
+        .get(replica.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
 }
 
 /// The value of the unlabelled metric `name` in a Prometheus text exposition.
