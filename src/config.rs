@@ -281,6 +281,7 @@ impl Config {
             max_sessions: s.max_sessions,
             session_wait: Duration::from_millis(s.session_wait_ms),
             inline_max: s.inline_max_bytes,
+            inline_batch_max: s.inline_batch_max_bytes,
             event_retention: self.live.event_retention,
             gc_grace: Duration::from_secs(s.gc_grace_secs),
             gc_interval: Duration::from_secs(s.gc_interval_secs),
@@ -371,6 +372,9 @@ pub struct StorageConfig {
     /// Bytes of payload objects a replica keeps in `data_dir/object-cache` (postgres
     /// backend); 0 for none.
     pub object_cache_bytes: u64,
+    /// The most payload bytes an appending batch of small grains keeps in PostgreSQL
+    /// (postgres backend); a larger one keeps them in its object.
+    pub inline_batch_max_bytes: u64,
     /// Seconds an unreferenced payload object is kept before it is deleted.
     pub gc_grace_secs: u64,
     /// Seconds between garbage collections; 0 disables them.

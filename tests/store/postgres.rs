@@ -141,6 +141,15 @@ pub async fn open_s3_objects_only(setup: StoreSetup) -> (PostgresStore, SchemaGu
     open_with(config).await
 }
 
+/// Every appending batch of small grains with its payloads in an S3 object, its runs
+/// holding only keys and headers (`inline_batch_max` 0).
+pub async fn open_s3_runs_in_objects(setup: StoreSetup) -> (PostgresStore, SchemaGuard) {
+    let schema = fresh_schema();
+    let mut config = settings(setup, &schema, s3_objects(&schema));
+    config.inline_batch_max = 0;
+    open_with(config).await
+}
+
 /// Objects in memory (PostgreSQL only).
 pub async fn open_memory(setup: StoreSetup) -> (PostgresStore, SchemaGuard) {
     let schema = fresh_schema();
@@ -159,6 +168,11 @@ crate::store_conformance!(
 crate::store_conformance!(
     pg_s3_objects_only,
     crate::postgres::open_s3_objects_only,
+    ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
+);
+crate::store_conformance!(
+    pg_s3_runs_in_objects,
+    crate::postgres::open_s3_runs_in_objects,
     ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
 );
 crate::store_conformance!(
@@ -392,11 +406,41 @@ async fn corrupt_payloads_fail_the_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
 async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
+    // 300 grains of 150 bytes: 45,000 bytes of payloads, kept in the runs.
+    runs_split_where_writes_and_deletes_land(150).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn a_large_batch_of_small_grains_keeps_its_payloads_in_an_object_beside_its_runs() {
+    // 300 grains of 250 bytes: 75,000 bytes of payloads, more than inline_batch_max
+    // (64 KiB).
+    runs_split_where_writes_and_deletes_land(250).await;
+}
+
+/// The grains rows that reference an object, the grains in them, and the sum of the
+/// objects' counts of grains (equal while the accounting holds).
+async fn object_references(db: &tokio_postgres::Client) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM grains WHERE object_id IS NOT NULL),
+                    (SELECT COALESCE(sum(n_grains), 0)::int8 FROM grains
+                      WHERE object_id IS NOT NULL),
+                    (SELECT COALESCE(sum(live), 0)::int8 FROM objects)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn runs_split_where_writes_and_deletes_land(payload: usize) {
+    let in_object = 300 * payload > 64 << 10;
     let (store, _guard, db, _) = s3_store_and_sql().await;
     let flow = create(&store, video_flow()).await;
     // Every tenth of a second for 30 s, in one batch (shuffled), in runs.
     let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..300)
-        .map(|n| (n * 2, frame(&flow, tenth(n * 2), 150, 1)))
+        .map(|n| (n * 2, frame(&flow, tenth(n * 2), payload, 1)))
         .collect();
     let mut batch: Vec<_> = model.values().cloned().collect();
     batch.reverse();
@@ -407,6 +451,19 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
         runs > 0 && all < 300 / 10,
         "{all} rows, {runs} of them runs"
     );
+    let (rows, referenced, live) = object_references(&db).await;
+    if in_object {
+        // Every row a run whose payloads are in the batch's one object.
+        assert_eq!((rows, referenced, live), (all, 300, 300));
+        let objects: i64 = db
+            .query_one("SELECT count(*) FROM objects", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(objects, 1);
+    } else {
+        assert_eq!((rows, live), (0, 0));
+    }
 
     check_runs(&store, flow.id, &model).await;
 
@@ -444,6 +501,17 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
     model.retain(|&n, _| !range.contains(tenth(n)));
     assert_eq!(grain_rows(&db).await.2, model.len() as i64);
     check_runs(&store, flow.id, &model).await;
+    // The object counts the grains that still reference it (the three written after the
+    // batch, one at a time, hold their payloads).
+    let (_, referenced, live) = object_references(&db).await;
+    assert_eq!(referenced, live);
+    if in_object {
+        let inline = [101, 103, 351]
+            .iter()
+            .filter(|n| model.contains_key(n))
+            .count() as i64;
+        assert_eq!(live, model.len() as i64 - inline);
+    }
     assert_eq!(
         store
             .open_read(flow.id)
@@ -458,6 +526,19 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
             Bound::Exclusive(Timestamp::from_nanos(tenth(598).to_nanos() + 40_000_000).unwrap())
         )
     );
+    // The delete cut through the last of the batch's runs too; another batch after the
+    // last grain gives the damage below a run of payloads in an object.
+    if in_object {
+        let more: Vec<_> = (300..600)
+            .map(|n| (n * 2, frame(&flow, tenth(n * 2), payload, 1)))
+            .collect();
+        write(&store, flow.id, more.iter().map(|(_, g)| g.clone()))
+            .await
+            .unwrap();
+        model.extend(more);
+        check_runs(&store, flow.id, &model).await;
+    }
+    let last = *model.keys().next_back().unwrap();
 
     // A damaged payload in a run fails its own grain; a run cut short fails its grains,
     // and neither is served nor crashes the read.
@@ -484,7 +565,7 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
         .unwrap();
         let session = store.open_read(flow.id).await.unwrap();
         assert!(matches!(
-            session.get(tenth(598), true).await,
+            session.get(tenth(last), true).await,
             Err(StoreError::Corrupt(_))
         ));
         let got = collect(&session, GrainQuery::all()).await;
@@ -492,16 +573,16 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
             matches!(got, Err(StoreError::Corrupt(_))),
             "{damage}: {got:?}"
         );
-        assert_gsf_fails_at(&session, tenth(598)).await;
+        assert_gsf_fails_at(&session, tenth(last)).await;
         // A flipped payload byte fails only its own grain.
         let flipped = damage.starts_with("set_byte");
-        assert_eq!(session.get(tenth(596), true).await.is_ok(), flipped);
+        assert_eq!(session.get(tenth(last - 2), true).await.is_ok(), flipped);
         // Grains in other rows are untouched: read, paged up to the damage, deleted,
         // written after it.
         let n0 = *model.keys().next().unwrap();
         assert!(session.get(tenth(n0), true).await.unwrap().is_some());
         let first_damaged = if flipped {
-            tenth(598)
+            tenth(last)
         } else {
             join_key(last_run)
         };
@@ -530,15 +611,98 @@ async fn small_grains_are_stored_as_runs_split_where_writes_and_deletes_land() {
         model.remove(&n0);
         // Right after the damaged run: a grain planned against the stored rows (too
         // large to be inline), one appended, then both deleted.
-        let big = frame(&flow, tenth(599), 40_000, 1);
-        let past = frame(&flow, tenth(600), 100, 1);
+        let big = frame(&flow, tenth(last + 1), 40_000, 1);
+        let past = frame(&flow, tenth(last + 2), 100, 1);
         for grain in [big, past] {
             let outcome = write(&store, flow.id, [grain]).await.unwrap();
             assert_eq!(outcome.written, 1, "{damage}");
         }
-        let after = TimeRange::new(Bound::Inclusive(tenth(599)), Bound::Unbounded);
+        let after = TimeRange::new(Bound::Inclusive(tenth(last + 1)), Bound::Unbounded);
         assert_eq!(store.delete_grains(flow.id, &after).await.unwrap(), 2);
     }
+    // Deleting the rest releases every object, the batch's included.
+    store
+        .delete_grains(flow.id, &TimeRange::eternity())
+        .await
+        .unwrap();
+    let (rows, _, live) = object_references(&db).await;
+    assert_eq!((rows, live), (0, 0));
+    let held: i64 = db
+        .query_one(
+            "SELECT count(*) FROM objects WHERE released_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn runs_in_the_first_encoding_are_still_read_split_and_deleted() {
+    let (store, _guard, db, _) = s3_store_and_sql().await;
+    let flow = create(&store, video_flow()).await;
+    let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..40)
+        .map(|n| (n * 2, frame(&flow, tenth(n * 2), 120, 5)))
+        .collect();
+    write(&store, flow.id, model.values().cloned())
+        .await
+        .unwrap();
+    assert_eq!(grain_rows(&db).await, (1, 1, 40));
+    // The run rewritten as the first encoding wrote runs (whole headers, the end's
+    // twelve bytes even when there is none), as a database of an earlier version holds.
+    let mut run = vec![1u8];
+    run.extend_from_slice(&40u16.to_le_bytes());
+    for grain in model.values() {
+        let nanos = grain.origin_timestamp().to_nanos();
+        let (sec, nsec) = (
+            nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000),
+        );
+        run.extend_from_slice(&(sec as i64).to_le_bytes());
+        run.extend_from_slice(&(nsec as i32).to_le_bytes());
+        let end = nanos + 40_000_000;
+        run.push(1);
+        run.extend_from_slice(&(end.div_euclid(1_000_000_000) as i64).to_le_bytes());
+        run.extend_from_slice(&(end.rem_euclid(1_000_000_000) as i32).to_le_bytes());
+        let mut header = Vec::new();
+        grain.encode_header(&mut header);
+        run.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        run.extend_from_slice(&header);
+        run.extend_from_slice(&crc32c::crc32c(grain.payload()).to_le_bytes());
+        run.extend_from_slice(&(grain.payload().len() as u32).to_le_bytes());
+        run.extend_from_slice(grain.payload());
+    }
+    let updated = db
+        .execute(
+            "UPDATE grains SET run = $1, len = $2 WHERE run IS NOT NULL",
+            &[&run, &(run.len() as i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    check_runs(&store, flow.id, &model).await;
+    // A grain inside it splits it; a delete cuts through what is left of it.
+    let inside = frame(&flow, tenth(31), 120, 6);
+    assert_eq!(
+        write(&store, flow.id, [inside.clone()])
+            .await
+            .unwrap()
+            .written,
+        1
+    );
+    model.insert(31, inside);
+    assert_eq!(grain_rows(&db).await, (41, 0, 41));
+    check_runs(&store, flow.id, &model).await;
+    let range = TimeRange::new(Bound::Inclusive(tenth(10)), Bound::Exclusive(tenth(50)));
+    let doomed = model.keys().filter(|&&n| range.contains(tenth(n))).count();
+    assert_eq!(
+        store.delete_grains(flow.id, &range).await.unwrap(),
+        doomed as u64
+    );
+    model.retain(|&n, _| !range.contains(tenth(n)));
+    check_runs(&store, flow.id, &model).await;
 }
 
 /// The timestamp of a row's key.

@@ -7,8 +7,11 @@
 //! See [`schema`] for the tables. A committed batch's payloads larger than `inline_max`
 //! become one object (`grains/<flow>/<uuid>`), the grains referencing it by (object,
 //! offset, length); smaller payloads live in the grain row (`bytea`). An appending batch's
-//! small grains are kept together, up to 64 in one row ([`runs`]): PostgreSQL's cost is
-//! per row. Every payload has its crc32c in the row and is checked on read
+//! small grains are kept together, up to 256 in one row of at most a page ([`runs`]):
+//! PostgreSQL's cost is per row and per byte. When such a batch's payloads add up to
+//! more than `inline_batch_max` (64 KiB), they all go to its object and its runs hold
+//! only keys and headers.
+//! Every payload has its crc32c in the row and is checked on read
 //! ([`StoreError::Corrupt`]).
 //!
 //! # Writes and durability
@@ -100,6 +103,9 @@ pub struct PostgresConfig {
     pub session_wait: Duration,
     /// Payloads up to this size are kept in the grain row.
     pub inline_max: usize,
+    /// An appending batch whose payloads (each at most `inline_max`) add up to more
+    /// than this keeps them in its object, its runs only keys and headers ([`runs`]).
+    pub inline_batch_max: u64,
     /// How many service events are retained for resumption.
     pub event_retention: usize,
     /// How long an unreferenced object is kept before it is deleted (it must exceed
@@ -132,6 +138,7 @@ impl PostgresConfig {
             max_sessions: 24,
             session_wait: Duration::from_millis(500),
             inline_max: 16 << 10,
+            inline_batch_max: 64 << 10,
             event_retention: 10_000,
             gc_grace: Duration::from_secs(3600),
             gc_interval: Duration::from_secs(300),
@@ -404,6 +411,7 @@ struct Shared {
     notifier: Notifier,
     events: EventLog,
     inline_max: usize,
+    inline_batch_max: u64,
     /// Identifies this instance in the events it records, so the listener does not wake
     /// local watchers a second time for local commits.
     origin: uuid::Uuid,
@@ -632,6 +640,7 @@ impl PostgresStore {
             notifier: Notifier::default(),
             events: EventLog::with_epoch(config.event_retention, epoch),
             inline_max: config.inline_max,
+            inline_batch_max: config.inline_batch_max,
             origin: uuid::Uuid::new_v4(),
             channel: format!("grainstore_{}", config.schema),
             event_lock: schema::lock_key("events", &config.schema),

@@ -636,7 +636,7 @@ mod tests {
             payloads.put("a", vec![Bytes::from(a)]).await.unwrap();
             payloads.put("b", vec![Bytes::from(b)]).await.unwrap();
             // Descending, adjacent, gapped, larger than a part, in two objects. (No empty
-            // range: an empty payload is always stored inline.)
+            // range: an empty payload is never fetched, see `snapshot`.)
             let wanted: Vec<(&str, Range<u64>)> = vec![
                 ("a", 2_500_000..3_145_728),
                 ("b", 200_000..299_000),

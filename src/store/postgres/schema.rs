@@ -17,7 +17,9 @@
 //!   where it is (`object_id`, `object_offset`). A run's row (see [`super::runs`]) holds
 //!   its members in `run`, its last grain's timestamp in `last_sec`/`last_nsec`, and the
 //!   number of its grains in `n_grains`; its `end_sec`/`end_nsec` are its last grain's
-//!   end, its `header` is empty and its `len` the run's length. The table's
+//!   end, its `header` is empty and its `len` the run's length. A run that leaves its
+//!   payloads in an object has `object_id` and `object_offset` (where the first one
+//!   starts), and counts `n_grains` grains in the object's `live`. The table's
 //!   `toast_tuple_target` is 8160, so rows up to a page stay whole and uncompressed
 //!   (inline payloads of single grains included).
 //! - `events`: the service events, numbered by a `bigserial` that is the event id.
@@ -105,6 +107,12 @@ ALTER TABLE grains
 -- Runs are at most 7,800 bytes: kept in the row, uncompressed.
 ALTER TABLE grains ALTER COLUMN run SET STORAGE EXTERNAL;
 ALTER TABLE grains SET (toast_tuple_target = 8160);
+"#,
+    // Runs in their second encoding (headers as changes of the one before, payloads in
+    // the batch's object for large batches), which replicas of schema version 2 cannot
+    // read: they refuse to start on this schema.
+    r#"
+INSERT INTO meta (key, value) VALUES ('run_encoding', '2');
 "#,
 ];
 

@@ -61,14 +61,36 @@ impl StoredGrain {
             )),
             e => e,
         })?;
-        out.extend(members.into_iter().map(|m| StoredGrain {
-            timestamp: m.timestamp,
-            header: m.header,
-            crc: m.crc,
-            len: m.payload.len() as u64,
-            inline: Some(m.payload),
-            object: None,
-        }));
+        // A run whose payloads are in an object: where its first payload starts.
+        let object = match (
+            row.get::<_, Option<String>>(6),
+            row.get::<_, Option<i64>>(7),
+        ) {
+            (Some(key), Some(base)) => Some((key, u64::try_from(base).map_err(corrupt)?)),
+            _ => None,
+        };
+        for m in members {
+            let object = match (&m.payload, &object) {
+                (Some(_), _) => None,
+                // Nothing to fetch (an object store refuses an empty range).
+                (None, _) if m.len == 0 => None,
+                (None, Some((key, base))) => Some((key.clone(), base.saturating_add(m.offset))),
+                (None, None) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the run holding the grain at {} has no object for its payloads",
+                        m.timestamp
+                    )));
+                }
+            };
+            out.push(StoredGrain {
+                timestamp: m.timestamp,
+                header: m.header,
+                crc: m.crc,
+                len: m.len,
+                inline: m.payload.or_else(|| object.is_none().then(Bytes::new)),
+                object,
+            });
+        }
         Ok(())
     }
 
@@ -87,12 +109,20 @@ impl StoredGrain {
                 )));
             }
         };
+        let len = u64::try_from(len).map_err(corrupt)?;
+        let mut inline = row.get::<_, Option<Vec<u8>>>(5).map(Bytes::from);
+        // An empty payload in an object (split from a run that left its payloads there)
+        // has nothing to fetch: an object store refuses an empty range.
+        let object = object.filter(|_| len > 0);
+        if len == 0 && inline.is_none() {
+            inline = Some(Bytes::new());
+        }
         Ok(StoredGrain {
             timestamp,
             header: Bytes::from(row.get::<_, Vec<u8>>(2)),
             crc: row.get::<_, i32>(3) as u32,
-            len: u64::try_from(len).map_err(corrupt)?,
-            inline: row.get::<_, Option<Vec<u8>>>(5).map(Bytes::from),
+            len,
+            inline,
             object,
         })
     }

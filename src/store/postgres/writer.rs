@@ -116,7 +116,8 @@ impl<'a> Rows<'a> {
         self.runs.push(None);
     }
 
-    /// A run's row (see [`runs`]): keyed by its first grain, `end` its last grain's.
+    /// A run's row (see [`runs`]): keyed by its first grain, `end` its last grain's;
+    /// `object` (id, offset) where its payloads are when it does not hold them.
     fn run(
         &mut self,
         first: Timestamp,
@@ -124,14 +125,16 @@ impl<'a> Rows<'a> {
         end: Option<Timestamp>,
         count: usize,
         run: &'a [u8],
+        object: Option<(i64, u64)>,
     ) {
         self.key(first, end);
         self.headers.push(&[]);
         self.crcs.push(0);
         self.lens.push(run.len() as i64);
         self.inline.push(None);
-        self.objects.push(None);
-        self.object_offsets.push(None);
+        self.objects.push(object.map(|o| o.0));
+        self.object_offsets
+            .push(object.map(|o| i64::try_from(o.1).unwrap_or(i64::MAX)));
         let (s, ns) = split(last);
         self.last_secs.push(Some(s));
         self.last_nsecs.push(Some(ns));
@@ -171,20 +174,52 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// A stored run, as read to split it.
+struct FoundRun {
+    /// Its key: its first grain's timestamp.
+    first: Timestamp,
+    /// Its encoding.
+    run: Bytes,
+    /// Its object's id and where its payloads start there, when it does not hold them.
+    object: Option<(i64, u64)>,
+}
+
+/// The columns of a run to split, as [`FoundRun::from_row`] reads them.
+const FOUND_RUN_COLUMNS: &str = "ts_sec, ts_nsec, run, object_id, object_offset";
+
+impl FoundRun {
+    fn from_row(row: &deadpool_postgres::tokio_postgres::Row) -> Result<FoundRun, StoreError> {
+        let object = match (row.get::<_, Option<i64>>(3), row.get::<_, Option<i64>>(4)) {
+            (Some(id), Some(offset)) => Some((
+                id,
+                u64::try_from(offset)
+                    .map_err(|_| StoreError::Corrupt("a run's object offset is negative".into()))?,
+            )),
+            _ => None,
+        };
+        Ok(FoundRun {
+            first: join(row.get(0), row.get(1))?,
+            run: Bytes::from(row.get::<_, Vec<u8>>(2)),
+            object,
+        })
+    }
+}
+
 /// The last row of `flow` keyed before `t` (`op` `"<"`) or at or before it (`"<="`),
 /// if it is a run whose last grain is after `t` (`reaches` `">"`) or at or after it
-/// (`">="`): `(first, run)`.
+/// (`">="`).
 async fn run_reaching(
     txn: &impl GenericClient,
     flow: FlowId,
     t: Timestamp,
     op: &str,
     reaches: &str,
-) -> Result<Option<(Timestamp, Bytes)>, StoreError> {
+) -> Result<Option<FoundRun>, StoreError> {
     // The nearest row first, then the test: a filter inside the ordered scan could walk
     // back over every earlier row.
     let sql = format!(
-        "SELECT ts_sec, ts_nsec, run FROM (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run
+        "SELECT {FOUND_RUN_COLUMNS} FROM (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run,
+             object_id, object_offset
            FROM grains WHERE flow_id = $1 AND (ts_sec, ts_nsec) {op} ($2::int8, $3::int4)
            ORDER BY ts_sec DESC, ts_nsec DESC LIMIT 1) p
          WHERE run IS NOT NULL AND (last_sec, last_nsec) {reaches} ($2::int8, $3::int4)"
@@ -198,10 +233,7 @@ async fn run_reaching(
     else {
         return Ok(None);
     };
-    Ok(Some((
-        join(row.get(0), row.get(1))?,
-        Bytes::from(row.get::<_, Vec<u8>>(2)),
-    )))
+    FoundRun::from_row(&row).map(Some)
 }
 
 /// The members of the run keyed `first`, a damaged run named in the error.
@@ -212,21 +244,34 @@ fn decode_run(first: Timestamp, run: &Bytes) -> Result<Vec<runs::Member>, StoreE
     })
 }
 
-/// Replaces runs of `flow` (keyed `first`) by a single row for each of their grains,
-/// inside `txn` (which holds the flow's lock).
+/// Replaces runs of `flow` by a single row for each of their grains, inside `txn` (which
+/// holds the flow's lock). A grain whose payload is in the run's object keeps it there:
+/// its object's count of grains does not change.
 async fn split_runs(
     txn: &impl GenericClient,
     flow: FlowId,
-    found: &[(Timestamp, Bytes)],
+    found: &[FoundRun],
 ) -> Result<(), StoreError> {
     if found.is_empty() {
         return Ok(());
     }
     let mut members = Vec::new();
-    for (first, run) in found {
-        members.extend(decode_run(*first, run)?);
+    for found in found {
+        for member in decode_run(found.first, &found.run)? {
+            let object = match (&member.payload, found.object) {
+                (Some(_), _) => None,
+                (None, Some((id, base))) => Some((id, base.saturating_add(member.offset))),
+                (None, None) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the run at {} has no object for its payloads",
+                        found.first
+                    )));
+                }
+            };
+            members.push((member, object));
+        }
     }
-    let (secs, nsecs): (Vec<i64>, Vec<i32>) = found.iter().map(|(first, _)| split(*first)).unzip();
+    let (secs, nsecs): (Vec<i64>, Vec<i32>) = found.iter().map(|f| split(f.first)).unzip();
     txn.execute(
         "DELETE FROM grains WHERE flow_id = $1
            AND (ts_sec, ts_nsec) IN (SELECT * FROM unnest($2::int8[], $3::int4[]))",
@@ -235,15 +280,15 @@ async fn split_runs(
     .await
     .map_err(pg_error)?;
     let mut rows = Rows::default();
-    for m in &members {
+    for (m, object) in &members {
         rows.single(
             m.timestamp,
             m.end,
             &m.header,
             m.crc,
-            m.payload.len() as u64,
-            Some(&m.payload),
-            None,
+            m.len,
+            m.payload.as_deref(),
+            *object,
         );
     }
     let insert = txn.prepare_cached(INSERT_GRAINS).await.map_err(pg_error)?;
@@ -321,18 +366,20 @@ impl Plan {
 }
 
 impl PgWriter {
-    /// The runs keyed before one of `timestamps` whose span reaches it: `(first, run)`.
+    /// The runs keyed before one of `timestamps` whose span reaches it.
     async fn runs_around(
         &self,
         txn: &impl GenericClient,
         timestamps: Vec<Timestamp>,
-    ) -> Result<Vec<(Timestamp, Bytes)>, StoreError> {
+    ) -> Result<Vec<FoundRun>, StoreError> {
         let (secs, nsecs): (Vec<i64>, Vec<i32>) = timestamps.into_iter().map(split).unzip();
         let statement = txn
             .prepare_cached(
-                "SELECT DISTINCT ON (r.ts_sec, r.ts_nsec) r.ts_sec, r.ts_nsec, r.run
+                "SELECT DISTINCT ON (r.ts_sec, r.ts_nsec) r.ts_sec, r.ts_nsec, r.run,
+                   r.object_id, r.object_offset
                  FROM unnest($2::int8[], $3::int4[]) t (s, n)
-                 CROSS JOIN LATERAL (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run
+                 CROSS JOIN LATERAL (SELECT ts_sec, ts_nsec, last_sec, last_nsec, run,
+                     object_id, object_offset
                    FROM grains h WHERE h.flow_id = $1 AND (h.ts_sec, h.ts_nsec) < (t.s, t.n)
                    ORDER BY h.ts_sec DESC, h.ts_nsec DESC LIMIT 1) r
                  WHERE r.run IS NOT NULL AND (r.last_sec, r.last_nsec) >= (t.s, t.n)",
@@ -343,14 +390,7 @@ impl PgWriter {
             .query(&statement, &[&self.flow, &secs, &nsecs])
             .await
             .map_err(pg_error)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    join(row.get(0), row.get(1))?,
-                    Bytes::from(row.get::<_, Vec<u8>>(2)),
-                ))
-            })
-            .collect()
+        rows.iter().map(FoundRun::from_row).collect()
     }
 
     async fn plan(&self, grains: &[Grain]) -> Result<Plan, StoreError> {
@@ -426,16 +466,36 @@ impl PgWriter {
         } else {
             self.plan(grains).await?
         };
+        let mut plan = plan;
+        // An appending batch in time order, to be cut into runs; one with a repeated
+        // timestamp is planned (the rows' spans must not overlap, see `runs`).
+        if plan.optimistic {
+            plan.insert.sort_by_key(|&i| grains[i].origin_timestamp());
+            let stamp = |k: usize| grains[plan.insert[k]].origin_timestamp();
+            if (1..plan.insert.len()).any(|k| stamp(k - 1) == stamp(k)) {
+                return Ok(None);
+            }
+        }
         let inline_max = self.shared.inline_max;
         let now = Timestamp::now();
+        // An appending batch of many payloads keeps them all in its object, in time
+        // order, and its runs only their keys and headers (see `runs`).
+        let in_object = plan.optimistic
+            && plan
+                .insert
+                .iter()
+                .map(|&i| grains[i].payload().len() as u64)
+                .sum::<u64>()
+                > self.shared.inline_batch_max;
 
-        // The object with the large payloads, stored before the transaction.
+        // The object with the large payloads (or all of them), stored before the
+        // transaction.
         let mut parts: Vec<Bytes> = Vec::new();
         let mut offsets: HashMap<usize, u64> = HashMap::new();
         let mut size = 0u64;
         for &i in &plan.insert {
             let payload = grains[i].payload();
-            if payload.len() > inline_max {
+            if in_object || payload.len() > inline_max {
                 offsets.insert(i, size);
                 size += payload.len() as u64;
                 parts.push(payload.clone());
@@ -457,7 +517,16 @@ impl PgWriter {
 
         let mut committing = false;
         let result = self
-            .commit(grains, &plan, &offsets, size, &object, now, &mut committing)
+            .commit(
+                grains,
+                &plan,
+                in_object,
+                &offsets,
+                size,
+                &object,
+                now,
+                &mut committing,
+            )
             .await;
         match result {
             Ok(Some(done)) => Ok(Some(done)),
@@ -480,22 +549,15 @@ impl PgWriter {
         &self,
         grains: &[Grain],
         plan: &Plan,
+        in_object: bool,
         offsets: &HashMap<usize, u64>,
         size: u64,
         object: &Option<(String, Instant)>,
         now: Timestamp,
         committing: &mut bool,
     ) -> Result<Option<BatchResult>, StoreError> {
-        // An appending batch in time order, to be cut into runs; one with a repeated
-        // timestamp is planned (the rows' spans must not overlap, see `runs`).
-        let mut insert = plan.insert.clone();
-        if plan.optimistic {
-            insert.sort_by_key(|&i| grains[i].origin_timestamp());
-            let stamp = |k: usize| grains[insert[k]].origin_timestamp();
-            if (1..insert.len()).any(|k| stamp(k - 1) == stamp(k)) {
-                return Ok(None);
-            }
-        }
+        // An optimistic plan's grains are in time order already (see `attempt`).
+        let insert = &plan.insert;
         let txn = Txn::new(self.shared.connection().await?);
         let client = txn.client();
         // `BEGIN` and the checks go to the server together (one round trip) and run in
@@ -599,7 +661,7 @@ impl PgWriter {
             .collect();
         // An appending batch's small grains in time order become runs.
         let groups = if plan.optimistic {
-            run_groups(grains, &insert, &headers)
+            run_groups(grains, insert, &headers, in_object)
         } else {
             (0..insert.len()).map(|k| k..k + 1).collect()
         };
@@ -608,7 +670,7 @@ impl PgWriter {
             .iter()
             .map(|group| {
                 (group.len() > 1).then(|| {
-                    let mut run = runs::RunBuilder::new();
+                    let mut run = runs::RunBuilder::new(in_object);
                     for k in group.clone() {
                         let grain = &grains[insert[k]];
                         run.push(
@@ -627,12 +689,18 @@ impl PgWriter {
         for (group, run) in groups.iter().zip(&encoded) {
             if let Some(run) = run {
                 let (first, last) = (&grains[insert[group.start]], &grains[insert[group.end - 1]]);
+                // Its payloads follow one another in the object from its first one's.
+                let object = match (in_object, object_id) {
+                    (true, Some(id)) => Some((id, offsets[&insert[group.start]])),
+                    _ => None,
+                };
                 rows.run(
                     first.origin_timestamp(),
                     last.origin_timestamp(),
                     grain_end(last),
                     group.len(),
                     run,
+                    object,
                 );
                 continue;
             }
@@ -718,33 +786,48 @@ impl PgWriter {
 }
 
 /// The batch's grains to insert (`insert`, with their `headers`) cut into groups of
-/// consecutive positions: runs of small grains in strictly increasing time order within
-/// the limits of [`runs`], every other grain a group of its own.
+/// consecutive positions: runs in strictly increasing time order within the limits of
+/// [`runs`], of small grains or (`in_object`: their payloads are in the batch's object)
+/// of any, every other grain a group of its own.
 fn run_groups(
     grains: &[Grain],
     insert: &[usize],
     headers: &[Vec<u8>],
+    in_object: bool,
 ) -> Vec<std::ops::Range<usize>> {
+    let joinable = |grain: &Grain| in_object || grain.payload().len() <= runs::MAX_PAYLOAD;
     let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
     let mut bytes = 0;
     for (k, &i) in insert.iter().enumerate() {
         let grain = &grains[i];
-        let (header, payload) = (headers[k].len(), grain.payload().len());
-        let joins = groups.last().is_some_and(|group| {
-            let start = &grains[insert[group.start]];
+        let has_end = grain_end(grain).is_some();
+        let payload = grain.payload().len();
+        let joins = groups.last().and_then(|group| {
             let previous = &grains[insert[group.end - 1]];
-            start.payload().len() <= runs::MAX_PAYLOAD
+            let member = runs::member_len(
+                Some(&headers[group.end - 1]),
+                &headers[k],
+                has_end,
+                payload,
+                in_object,
+            );
+            (joinable(&grains[insert[group.start]])
+                && joinable(grain)
                 && previous.origin_timestamp() < grain.origin_timestamp()
-                && runs::fits(group.len(), bytes, header, payload)
+                && runs::fits(group.len(), bytes, member))
+            .then_some(member)
         });
-        match groups.last_mut() {
-            Some(group) if joins => group.end = k + 1,
+        match (groups.last_mut(), joins) {
+            (Some(group), Some(member)) => {
+                group.end = k + 1;
+                bytes += member;
+            }
             _ => {
                 groups.push(k..k + 1);
-                bytes = runs::EMPTY_LEN;
+                bytes = runs::EMPTY_LEN
+                    + runs::member_len(None, &headers[k], has_end, payload, in_object);
             }
         }
-        bytes += runs::member_len(header, payload);
     }
     groups
 }
@@ -824,7 +907,7 @@ pub async fn delete_range(
         return Ok(0);
     };
     shared.lock_flow(txn, flow).await?;
-    let mut cut: Vec<(Timestamp, Bytes)> = Vec::new();
+    let mut cut: Vec<FoundRun> = Vec::new();
     // The runs reaching into the range from before it and out of it past its end.
     let candidates = [
         match lo {
@@ -839,16 +922,16 @@ pub async fn delete_range(
         },
     ];
     for (t, op, reaches) in candidates.into_iter().flatten() {
-        if let Some((first, run)) = run_reaching(txn, flow, t, op, reaches).await?
-            && !cut.iter().any(|(f, _)| *f == first)
+        if let Some(found) = run_reaching(txn, flow, t, op, reaches).await?
+            && !cut.iter().any(|f| f.first == found.first)
         {
-            let members = decode_run(first, &run)?;
+            let members = decode_run(found.first, &found.run)?;
             let inside = members
                 .iter()
                 .filter(|m| range.contains(m.timestamp))
                 .count();
             if inside != 0 && inside != members.len() {
-                cut.push((first, run));
+                cut.push(found);
             }
         }
     }
@@ -876,7 +959,7 @@ pub async fn delete_range(
     }
     let sql = format!(
         "WITH d AS (DELETE FROM grains WHERE {} RETURNING object_id, n_grains),
-              c AS (SELECT object_id, count(*) AS n FROM d
+              c AS (SELECT object_id, sum(n_grains) AS n FROM d
                     WHERE object_id IS NOT NULL GROUP BY object_id),
               u AS (UPDATE objects o SET live = o.live - c.n,
                       released_at = CASE WHEN o.live - c.n <= 0 THEN now() END
