@@ -337,7 +337,8 @@ impl Payloads {
     }
 }
 
-/// `parts` paired with their offsets, back to back from `start`.
+/// `parts` paired with their offsets, back to back from `start`; empty parts (empty
+/// payloads in a batch's object) are left out, as there is nothing of them to keep.
 fn back_to_back(start: u64, parts: &[Bytes]) -> Vec<(u64, Bytes)> {
     let mut at = start;
     parts
@@ -346,6 +347,7 @@ fn back_to_back(start: u64, parts: &[Bytes]) -> Vec<(u64, Bytes)> {
             at += part.len() as u64;
             (at - part.len() as u64, part.clone())
         })
+        .filter(|(_, part)| !part.is_empty())
         .collect()
 }
 

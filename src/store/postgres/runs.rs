@@ -141,7 +141,7 @@ fn shared(previous: &[u8], header: &[u8]) -> (usize, usize) {
 
 /// At most this many bytes of headers in a decoded run: each header may repeat much of
 /// the one before it, and a damaged run must not make them add up without end.
-const MAX_HEADERS: usize = 64 << 20;
+const MAX_HEADERS: usize = 8 << 20;
 
 /// The bytes a member takes in a run after a member whose header was `previous` (none
 /// for the first member).
@@ -411,6 +411,9 @@ fn decode_2(mut rest: Bytes) -> Result<Vec<Member>, StoreError> {
         }
         let crc = rest.get_u32_le();
         let len = get_varint(&mut rest).ok_or_else(short)?;
+        if len > u64::from(u32::MAX) {
+            return Err(bad("has a damaged payload length"));
+        }
         let payload = if in_object {
             None
         } else {

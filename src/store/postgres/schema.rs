@@ -109,10 +109,14 @@ ALTER TABLE grains ALTER COLUMN run SET STORAGE EXTERNAL;
 ALTER TABLE grains SET (toast_tuple_target = 8160);
 "#,
     // Runs in their second encoding (headers as changes of the one before, payloads in
-    // the batch's object for large batches), which replicas of schema version 2 cannot
-    // read: they refuse to start on this schema.
+    // the batch's object for large batches), which replicas of schema version 2 can
+    // neither read nor delete with their objects' counts kept: they refuse to start on
+    // this schema, and the lock makes the migration wait for (and, past the lock wait,
+    // give up on) the sessions of those still running.
     r#"
-INSERT INTO meta (key, value) VALUES ('run_encoding', '2');
+LOCK TABLE grains IN ACCESS EXCLUSIVE MODE;
+COMMENT ON COLUMN grains.run IS
+    'a run of grains in encoding 1 or 2 (src/store/postgres/runs.rs); with object_id, its payloads are in that object from object_offset on';
 "#,
 ];
 

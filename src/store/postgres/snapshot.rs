@@ -43,7 +43,8 @@ pub struct StoredGrain {
     /// The payload, when inline (and selected).
     pub inline: Option<Bytes>,
     /// The object and offset of the payload when it is not inline.
-    pub object: Option<(String, u64)>,
+    /// (The key is shared by every grain of a run that left its payloads in an object.)
+    pub object: Option<(Arc<str>, u64)>,
 }
 
 impl StoredGrain {
@@ -66,7 +67,9 @@ impl StoredGrain {
             row.get::<_, Option<String>>(6),
             row.get::<_, Option<i64>>(7),
         ) {
-            (Some(key), Some(base)) => Some((key, u64::try_from(base).map_err(corrupt)?)),
+            (Some(key), Some(base)) => {
+                Some((Arc::<str>::from(key), u64::try_from(base).map_err(corrupt)?))
+            }
             _ => None,
         };
         for m in members {
@@ -74,7 +77,17 @@ impl StoredGrain {
                 (Some(_), _) => None,
                 // Nothing to fetch (an object store refuses an empty range).
                 (None, _) if m.len == 0 => None,
-                (None, Some((key, base))) => Some((key.clone(), base.saturating_add(m.offset))),
+                (None, Some((key, base))) => {
+                    // Where it starts, and where it ends, must be offsets.
+                    let start = base.checked_add(m.offset);
+                    let Some(start) = start.filter(|s| s.checked_add(m.len).is_some()) else {
+                        return Err(StoreError::Corrupt(format!(
+                            "the grain at {} is past the end of any object",
+                            m.timestamp
+                        )));
+                    };
+                    Some((key.clone(), start))
+                }
                 (None, None) => {
                     return Err(StoreError::Corrupt(format!(
                         "the run holding the grain at {} has no object for its payloads",
@@ -101,7 +114,10 @@ impl StoredGrain {
         let key: Option<String> = row.get(6);
         let offset: Option<i64> = row.get(7);
         let object = match (key, offset) {
-            (Some(key), Some(offset)) => Some((key, u64::try_from(offset).map_err(corrupt)?)),
+            (Some(key), Some(offset)) => Some((
+                Arc::<str>::from(key),
+                u64::try_from(offset).map_err(corrupt)?,
+            )),
             (None, None) => None,
             _ => {
                 return Err(StoreError::Corrupt(format!(
@@ -296,7 +312,7 @@ fn object_ranges(stored: &[StoredGrain]) -> Vec<(&str, std::ops::Range<u64>)> {
         .filter_map(|s| {
             s.object
                 .as_ref()
-                .map(|(key, offset)| (key.as_str(), *offset..offset + s.len))
+                .map(|(key, offset)| (key.as_ref(), *offset..offset + s.len))
         })
         .collect()
 }
@@ -540,7 +556,7 @@ impl PgSnapshot {
     /// them (see [`GrainPage::ended`]).
     ///
     /// Rows are read in rounds, since a row may hold one grain or a run of many: the
-    /// first asks for a sixteenth of the page's grains in rows, each next one (from where
+    /// first asks for a sixty-fourth of the page's grains in rows, each next one (from where
     /// the last ended) for four times as many, until the page is full or the range ends.
     /// The first also reads the last run keyed before the range, which may reach into it.
     async fn stored_page(
@@ -556,7 +572,7 @@ impl PgSnapshot {
             return Ok((Vec::new(), true));
         };
         let want = limit.grains.max(1);
-        let mut rows_wanted = want.div_ceil(16);
+        let mut rows_wanted = want.div_ceil(64);
         let mut found: Vec<StoredGrain> = Vec::new();
         let mut first = true;
         // Counted from the rows keyed in the range only: in descending order the run

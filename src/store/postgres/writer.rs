@@ -260,7 +260,15 @@ async fn split_runs(
         for member in decode_run(found.first, &found.run)? {
             let object = match (&member.payload, found.object) {
                 (Some(_), _) => None,
-                (None, Some((id, base))) => Some((id, base.saturating_add(member.offset))),
+                (None, Some((id, base))) => match base.checked_add(member.offset) {
+                    Some(at) if at.checked_add(member.len).is_some() => Some((id, at)),
+                    _ => {
+                        return Err(StoreError::Corrupt(format!(
+                            "the grain at {} is past the end of any object",
+                            member.timestamp
+                        )));
+                    }
+                },
                 (None, None) => {
                     return Err(StoreError::Corrupt(format!(
                         "the run at {} has no object for its payloads",
@@ -328,25 +336,6 @@ struct Plan {
     insert: Vec<usize>,
     /// Made without looking at what is stored ([`Plan::all_new`]).
     optimistic: bool,
-}
-
-/// Whether a stored grain is the same as `grain` (every header field and the payload
-/// bytes, not the creation timestamp). The payload is fetched only when its length and
-/// checksum already match.
-async fn same_as_stored(
-    shared: &Shared,
-    stored: &StoredGrain,
-    grain: &Grain,
-) -> Result<bool, StoreError> {
-    let payload = grain.payload();
-    if stored.len != payload.len() as u64 || stored.crc != crc32c::crc32c(payload) {
-        return Ok(false);
-    }
-    let mut loaded = load(shared, std::slice::from_ref(stored)).await?;
-    let existing = loaded
-        .pop()
-        .unwrap_or_else(|| Err(StoreError::Corrupt("a grain was not loaded".into())))?;
-    Ok(existing.same_identity(grain))
 }
 
 impl Plan {
@@ -419,8 +408,31 @@ impl PgWriter {
         for row in &rows {
             StoredGrain::from_row(row, &mut found)?;
         }
-        let stored: HashMap<(i64, i32), StoredGrain> =
+        let mut stored: HashMap<(i64, i32), StoredGrain> =
             found.into_iter().map(|s| (split(s.timestamp), s)).collect();
+        // The stored grains the batch may repeat (same payload length and checksum),
+        // loaded together, so that those in one object are fetched in as few requests
+        // as their ranges allow (a re-sent batch whose payloads are in an object).
+        let mut candidates: Vec<StoredGrain> = Vec::new();
+        for (i, grain) in grains.iter().enumerate() {
+            let key = (secs[i], nsecs[i]);
+            let payload = grain.payload();
+            if let Some(s) = stored.get(&key)
+                && s.len == payload.len() as u64
+                && s.crc == crc32c::crc32c(payload)
+                && let Some(s) = stored.remove(&key)
+            {
+                candidates.push(s);
+            }
+        }
+        let loaded = load(&self.shared, &candidates).await?;
+        // Each candidate's grain as stored, by timestamp; every other stored grain at a
+        // timestamp of the batch differs from it.
+        let mut same_as: HashMap<(i64, i32), Result<Grain, StoreError>> = candidates
+            .iter()
+            .map(|s| split(s.timestamp))
+            .zip(loaded)
+            .collect();
         let mut plan = Plan {
             outcome: BatchOutcome::default(),
             conflict: None,
@@ -433,8 +445,16 @@ impl PgWriter {
             let key = (secs[i], nsecs[i]);
             let same = if let Some(&j) = batch.get(&key) {
                 Some(grains[j].same_identity(grain))
-            } else if let Some(existing) = stored.get(&key) {
-                Some(same_as_stored(&self.shared, existing, grain).await?)
+            } else if let Some(existing) = same_as.get(&key) {
+                match existing {
+                    Ok(existing) => Some(existing.same_identity(grain)),
+                    Err(_) => match same_as.remove(&key) {
+                        Some(Err(e)) => return Err(e),
+                        _ => unreachable!("an error was found at this key"),
+                    },
+                }
+            } else if stored.contains_key(&key) {
+                Some(false)
             } else {
                 None
             };
@@ -872,8 +892,10 @@ impl PgWriter {
         // A batch of small grains is first inserted as if all its timestamps were new,
         // the case of a writer appending: without the plan's lookup of every timestamp
         // and with a plain insert, which takes every row or fails at the first taken
-        // timestamp; then the batch is planned. Batches with payloads for the object
-        // store are planned first, so that a re-sent batch does not upload them again.
+        // timestamp; then the batch is planned. Batches with large payloads are planned
+        // first, so that a re-sent batch does not upload them again. (A re-sent batch of
+        // small grains whose payloads add up to more than `inline_batch_max` is uploaded
+        // once more, and the upload deleted, before its plan finds it stored.)
         let inline_max = self.shared.inline_max;
         if grains.iter().all(|g| g.payload().len() <= inline_max)
             && let Some(result) = self.attempt(&grains, true).await?
