@@ -418,6 +418,63 @@ async fn a_large_batch_of_small_grains_keeps_its_payloads_in_an_object_beside_it
     runs_split_where_writes_and_deletes_land(250).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
+async fn empty_payloads_in_a_batch_object_are_read_split_and_deleted_through_the_cache() {
+    let schema = fresh_schema();
+    let (store, _guard) = open_cached(
+        settings(StoreSetup::default(), &schema, s3_objects(&schema)),
+        64 << 20,
+    )
+    .await;
+    let db = sql(&schema).await;
+    let flow = create(&store, video_flow()).await;
+    // 300 grains, every seventh with an empty payload: 76,800 bytes in all, so the
+    // batch's payloads go to its object.
+    let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..300)
+        .map(|n| {
+            let len = if n % 7 == 0 { 0 } else { 300 };
+            (n * 2, frame(&flow, tenth(n * 2), len, 2))
+        })
+        .collect();
+    write(&store, flow.id, model.values().cloned())
+        .await
+        .unwrap();
+    let (all, runs, grains) = grain_rows(&db).await;
+    assert_eq!((runs, grains), (all, 300));
+    assert_eq!(object_references(&db).await, (all, 300, 300));
+    // Read from the cache, which kept the upload (in the background; without its
+    // empty parts): no request to the object store.
+    let bytes: usize = model.values().map(|g| g.payload().len()).sum();
+    cache_holds(&store, 1, bytes as u64).await;
+    let misses = store_metric(&store, "grainstore_object_cache_misses_total");
+    check_runs(&store, flow.id, &model).await;
+    assert_eq!(
+        store_metric(&store, "grainstore_object_cache_misses_total"),
+        misses
+    );
+    assert!(store_metric(&store, "grainstore_object_cache_hits_total") > 0);
+    // A grain written inside a run splits it, empty payloads included; a delete cuts
+    // through what is left.
+    let inside = frame(&flow, tenth(101), 0, 3);
+    write(&store, flow.id, [inside.clone()]).await.unwrap();
+    model.insert(101, inside);
+    check_runs(&store, flow.id, &model).await;
+    let range = TimeRange::new(Bound::Inclusive(tenth(301)), Bound::Exclusive(tenth(451)));
+    delete_from(&store, flow.id, &mut model, &range).await;
+    check_runs(&store, flow.id, &model).await;
+    let (_, referenced, live) = object_references(&db).await;
+    assert_eq!(
+        (referenced, live),
+        (model.len() as i64 - 1, model.len() as i64 - 1)
+    );
+    store
+        .delete_grains(flow.id, &TimeRange::eternity())
+        .await
+        .unwrap();
+    assert_eq!(object_references(&db).await, (0, 0, 0));
+}
+
 /// The grains rows that reference an object, the grains in them, and the sum of the
 /// objects' counts of grains (equal while the accounting holds).
 async fn object_references(db: &tokio_postgres::Client) -> (i64, i64, i64) {
@@ -493,12 +550,7 @@ async fn runs_split_where_writes_and_deletes_land(payload: usize) {
 
     // A delete cutting through runs at both ends.
     let range = TimeRange::new(Bound::Exclusive(tenth(203)), Bound::Inclusive(tenth(447)));
-    let doomed = model.keys().filter(|&&n| range.contains(tenth(n))).count();
-    assert_eq!(
-        store.delete_grains(flow.id, &range).await.unwrap(),
-        doomed as u64
-    );
-    model.retain(|&n, _| !range.contains(tenth(n)));
+    delete_from(&store, flow.id, &mut model, &range).await;
     assert_eq!(grain_rows(&db).await.2, model.len() as i64);
     check_runs(&store, flow.id, &model).await;
     // The object counts the grains that still reference it (the three written after the
@@ -526,8 +578,9 @@ async fn runs_split_where_writes_and_deletes_land(payload: usize) {
             Bound::Exclusive(Timestamp::from_nanos(tenth(598).to_nanos() + 40_000_000).unwrap())
         )
     );
-    // The delete cut through the last of the batch's runs too; another batch after the
-    // last grain gives the damage below a run of payloads in an object.
+    // With payloads in an object, the batch's runs are long and the writes above split
+    // them before the delete came: another batch after the last grain gives a delete
+    // through runs whose payloads are in an object, and the damage below such a run.
     if in_object {
         let more: Vec<_> = (300..600)
             .map(|n| (n * 2, frame(&flow, tenth(n * 2), payload, 1)))
@@ -536,6 +589,18 @@ async fn runs_split_where_writes_and_deletes_land(payload: usize) {
             .await
             .unwrap();
         model.extend(more);
+        let (_, runs_before, _) = grain_rows(&db).await;
+        let range = TimeRange::new(Bound::Exclusive(tenth(700)), Bound::Inclusive(tenth(760)));
+        delete_from(&store, flow.id, &mut model, &range).await;
+        let (_, runs_after, grains) = grain_rows(&db).await;
+        assert_eq!(grains, model.len() as i64);
+        assert_eq!(
+            runs_after,
+            runs_before - 1,
+            "the run holding 70 s was split"
+        );
+        let (_, referenced, live) = object_references(&db).await;
+        assert_eq!(referenced, live);
         check_runs(&store, flow.id, &model).await;
     }
     let last = *model.keys().next_back().unwrap();
@@ -643,48 +708,63 @@ async fn runs_split_where_writes_and_deletes_land(payload: usize) {
 async fn runs_in_the_first_encoding_are_still_read_split_and_deleted() {
     let (store, _guard, db, _) = s3_store_and_sql().await;
     let flow = create(&store, video_flow()).await;
-    let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..40)
+    // Two batches of 20, each a run.
+    let mut model: std::collections::BTreeMap<i64, grainstore::grain::Grain> = (0..20)
+        .chain(50..70)
         .map(|n| (n * 2, frame(&flow, tenth(n * 2), 120, 5)))
         .collect();
-    write(&store, flow.id, model.values().cloned())
-        .await
-        .unwrap();
-    assert_eq!(grain_rows(&db).await, (1, 1, 40));
-    // The run rewritten as the first encoding wrote runs (whole headers, the end's
-    // twelve bytes even when there is none), as a database of an earlier version holds.
-    let mut run = vec![1u8];
-    run.extend_from_slice(&40u16.to_le_bytes());
-    for grain in model.values() {
-        let nanos = grain.origin_timestamp().to_nanos();
-        let (sec, nsec) = (
-            nanos.div_euclid(1_000_000_000),
-            nanos.rem_euclid(1_000_000_000),
-        );
-        run.extend_from_slice(&(sec as i64).to_le_bytes());
-        run.extend_from_slice(&(nsec as i32).to_le_bytes());
-        let end = nanos + 40_000_000;
-        run.push(1);
-        run.extend_from_slice(&(end.div_euclid(1_000_000_000) as i64).to_le_bytes());
-        run.extend_from_slice(&(end.rem_euclid(1_000_000_000) as i32).to_le_bytes());
-        let mut header = Vec::new();
-        grain.encode_header(&mut header);
-        run.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        run.extend_from_slice(&header);
-        run.extend_from_slice(&crc32c::crc32c(grain.payload()).to_le_bytes());
-        run.extend_from_slice(&(grain.payload().len() as u32).to_le_bytes());
-        run.extend_from_slice(grain.payload());
+    let batches: [Vec<_>; 2] = [
+        model.range(..100).map(|(_, g)| g.clone()).collect(),
+        model.range(100..).map(|(_, g)| g.clone()).collect(),
+    ];
+    for batch in &batches {
+        write(&store, flow.id, batch.iter().cloned()).await.unwrap();
     }
-    let updated = db
-        .execute(
-            "UPDATE grains SET run = $1, len = $2 WHERE run IS NOT NULL",
-            &[&run, &(run.len() as i64)],
-        )
-        .await
-        .unwrap();
-    assert_eq!(updated, 1);
+    assert_eq!(grain_rows(&db).await, (2, 2, 40));
+    // Each run rewritten as the first encoding wrote runs (whole headers, the end's
+    // twelve bytes even when there is none), as a database of an earlier version holds.
+    for batch in &batches {
+        let mut run = vec![1u8];
+        run.extend_from_slice(&(batch.len() as u16).to_le_bytes());
+        for grain in batch {
+            let nanos = grain.origin_timestamp().to_nanos();
+            let end = nanos + 40_000_000;
+            for (t, flag) in [(nanos, None), (end, Some(1u8))] {
+                if let Some(flag) = flag {
+                    run.push(flag);
+                }
+                run.extend_from_slice(&(t.div_euclid(1_000_000_000) as i64).to_le_bytes());
+                run.extend_from_slice(&(t.rem_euclid(1_000_000_000) as i32).to_le_bytes());
+            }
+            let mut header = Vec::new();
+            grain.encode_header(&mut header);
+            run.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            run.extend_from_slice(&header);
+            run.extend_from_slice(&crc32c::crc32c(grain.payload()).to_le_bytes());
+            run.extend_from_slice(&(grain.payload().len() as u32).to_le_bytes());
+            run.extend_from_slice(grain.payload());
+        }
+        let first = batch[0].origin_timestamp().to_nanos();
+        let (sec, nsec) = (
+            first.div_euclid(1_000_000_000) as i64,
+            first.rem_euclid(1_000_000_000) as i32,
+        );
+        let updated = db
+            .execute(
+                "UPDATE grains SET run = $1, len = $2 WHERE ts_sec = $3 AND ts_nsec = $4",
+                &[&run, &(run.len() as i64), &sec, &nsec],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated, 1);
+    }
     check_runs(&store, flow.id, &model).await;
-    // A grain inside it splits it; a delete cuts through what is left of it.
-    let inside = frame(&flow, tenth(31), 120, 6);
+    // A delete cuts through the first; a grain written inside the second splits it.
+    let range = TimeRange::new(Bound::Inclusive(tenth(10)), Bound::Exclusive(tenth(30)));
+    delete_from(&store, flow.id, &mut model, &range).await;
+    assert_eq!(grain_rows(&db).await, (11, 1, 30));
+    check_runs(&store, flow.id, &model).await;
+    let inside = frame(&flow, tenth(111), 120, 6);
     assert_eq!(
         write(&store, flow.id, [inside.clone()])
             .await
@@ -692,16 +772,8 @@ async fn runs_in_the_first_encoding_are_still_read_split_and_deleted() {
             .written,
         1
     );
-    model.insert(31, inside);
-    assert_eq!(grain_rows(&db).await, (41, 0, 41));
-    check_runs(&store, flow.id, &model).await;
-    let range = TimeRange::new(Bound::Inclusive(tenth(10)), Bound::Exclusive(tenth(50)));
-    let doomed = model.keys().filter(|&&n| range.contains(tenth(n))).count();
-    assert_eq!(
-        store.delete_grains(flow.id, &range).await.unwrap(),
-        doomed as u64
-    );
-    model.retain(|&n, _| !range.contains(tenth(n)));
+    model.insert(111, inside);
+    assert_eq!(grain_rows(&db).await, (31, 0, 31));
     check_runs(&store, flow.id, &model).await;
 }
 
@@ -720,6 +792,22 @@ async fn grain_rows(db: &tokio_postgres::Client) -> (i64, i64, i64) {
         .await
         .unwrap();
     (row.get(0), row.get(1), row.get(2))
+}
+
+/// Deletes `range` of `flow` and the grains in it from `model` (grains by tenth),
+/// checking that the store deleted as many.
+async fn delete_from(
+    store: &PostgresStore,
+    flow: FlowId,
+    model: &mut std::collections::BTreeMap<i64, grainstore::grain::Grain>,
+    range: &TimeRange,
+) {
+    let doomed = model.keys().filter(|&&n| range.contains(tenth(n))).count();
+    assert_eq!(
+        store.delete_grains(flow, range).await.unwrap(),
+        doomed as u64
+    );
+    model.retain(|&n, _| !range.contains(tenth(n)));
 }
 
 /// Tenth of a second `n` after a fixed start.

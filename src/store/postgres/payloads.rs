@@ -202,9 +202,11 @@ impl Payloads {
         )
     }
 
-    /// Stores `parts` back to back as the object `key` (no copy: the parts are the
-    /// grains' own buffers).
+    /// Stores `parts` back to back as the object `key`. Large parts are sent as they
+    /// are (the grains' own buffers, no copy); small ones are first copied together
+    /// (see [`gather`]).
     pub async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
+        let parts = gather(parts);
         let kept = self.cache.as_ref().map(|_| back_to_back(0, &parts));
         let payload: PutPayload = parts.into_iter().collect();
         self.store
@@ -335,6 +337,37 @@ impl Payloads {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
+
+/// Parts smaller than this are copied together before an upload.
+const GATHER_BELOW: usize = 64 << 10;
+
+/// `parts` with each stretch of small ones (below [`GATHER_BELOW`]) copied into one
+/// buffer of up to [`PART_BYTES`]. The HTTP client writes an upload's body a part at a
+/// time: a batch of a thousand 200-byte payloads was a thousand pieces to send.
+fn gather(parts: Vec<Bytes>) -> Vec<Bytes> {
+    if parts.iter().all(|p| p.len() >= GATHER_BELOW) {
+        return parts;
+    }
+    let mut out = Vec::new();
+    let mut small = bytes::BytesMut::new();
+    for part in parts {
+        if part.len() >= GATHER_BELOW {
+            if !small.is_empty() {
+                out.push(small.split().freeze());
+            }
+            out.push(part);
+            continue;
+        }
+        if small.len() + part.len() > PART_BYTES as usize {
+            out.push(small.split().freeze());
+        }
+        small.extend_from_slice(&part);
+    }
+    if !small.is_empty() {
+        out.push(small.freeze());
+    }
+    out
 }
 
 /// `parts` paired with their offsets, back to back from `start`; empty parts (empty
@@ -524,6 +557,28 @@ impl<'a> Cutter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_parts_are_gathered_and_large_ones_sent_as_they_are() {
+        let large = Bytes::from(vec![7u8; GATHER_BELOW]);
+        let mut parts: Vec<Bytes> = (0..3000u32)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; (i % 700) as usize]))
+            .collect();
+        parts.insert(1500, large.clone());
+        let gathered = gather(parts.clone());
+        assert_eq!(gathered.concat(), parts.concat());
+        // The stretches before and after the large part, the part itself in between.
+        assert_eq!(gathered.len(), 3);
+        assert_eq!(gathered[1].as_ptr(), large.as_ptr());
+        assert!(gathered.iter().all(|p| p.len() as u64 <= PART_BYTES));
+        // Enough small parts make more than one buffer.
+        let many = vec![Bytes::from(vec![1u8; 60_000]); 100];
+        let gathered = gather(many.clone());
+        assert_eq!(gathered.concat(), many.concat());
+        assert!(gathered.len() > 1 && gathered.iter().all(|p| p.len() as u64 <= PART_BYTES));
+        let only_large = vec![large.clone(), large.clone()];
+        assert_eq!(gather(only_large).len(), 2);
+    }
 
     #[test]
     fn spans_of_back_to_back_ranges_hold_at_most_part_bytes_in_order() {

@@ -557,7 +557,8 @@ impl PgSnapshot {
     ///
     /// Rows are read in rounds, since a row may hold one grain or a run of many: the
     /// first asks for a sixty-fourth of the page's grains in rows, each next one (from where
-    /// the last ended) for four times as many, until the page is full or the range ends.
+    /// the last ended) for as many as the grains still wanted need at the rows' mean so
+    /// far, until the page is full or the range ends.
     /// The first also reads the last run keyed before the range, which may reach into it.
     async fn stored_page(
         &self,

@@ -410,24 +410,29 @@ impl PgWriter {
         }
         let mut stored: HashMap<(i64, i32), StoredGrain> =
             found.into_iter().map(|s| (split(s.timestamp), s)).collect();
-        // The stored grains the batch may repeat (same payload length and checksum),
-        // loaded together, so that those in one object are fetched in as few requests
-        // as their ranges allow (a re-sent batch whose payloads are in an object).
+        // The length and checksum of each stored grain at a timestamp of the batch: a
+        // grain that differs in them differs, without loading the stored one.
+        let sums: HashMap<(i64, i32), (u64, u32)> =
+            stored.iter().map(|(k, s)| (*k, (s.len, s.crc))).collect();
+        let same_sums = |i: usize| {
+            let payload = grains[i].payload();
+            sums.get(&(secs[i], nsecs[i]))
+                .map(|&(len, crc)| len == payload.len() as u64 && crc == crc32c::crc32c(payload))
+        };
+        // The stored grains the batch may repeat (same length and checksum), up to the
+        // first it certainly does not (where the plan stops), loaded together: those in
+        // one object are fetched in as few requests as their ranges allow (a re-sent
+        // batch whose payloads are in an object).
         let mut candidates: Vec<StoredGrain> = Vec::new();
-        for (i, grain) in grains.iter().enumerate() {
-            let key = (secs[i], nsecs[i]);
-            let payload = grain.payload();
-            if let Some(s) = stored.get(&key)
-                && s.len == payload.len() as u64
-                && s.crc == crc32c::crc32c(payload)
-                && let Some(s) = stored.remove(&key)
-            {
-                candidates.push(s);
+        for i in 0..grains.len() {
+            match same_sums(i) {
+                Some(false) => break,
+                Some(true) => candidates.extend(stored.remove(&(secs[i], nsecs[i]))),
+                None => {}
             }
         }
         let loaded = load(&self.shared, &candidates).await?;
-        // Each candidate's grain as stored, by timestamp; every other stored grain at a
-        // timestamp of the batch differs from it.
+        // Each candidate's grain as stored, by timestamp.
         let mut same_as: HashMap<(i64, i32), Result<Grain, StoreError>> = candidates
             .iter()
             .map(|s| split(s.timestamp))
@@ -445,16 +450,23 @@ impl PgWriter {
             let key = (secs[i], nsecs[i]);
             let same = if let Some(&j) = batch.get(&key) {
                 Some(grains[j].same_identity(grain))
-            } else if let Some(existing) = same_as.get(&key) {
-                match existing {
-                    Ok(existing) => Some(existing.same_identity(grain)),
-                    Err(_) => match same_as.remove(&key) {
+            } else if let Some(same_sums) = same_sums(i) {
+                match same_as.get(&key) {
+                    _ if !same_sums => Some(false),
+                    Some(Ok(existing)) => Some(existing.same_identity(grain)),
+                    Some(Err(_)) => match same_as.remove(&key) {
                         Some(Err(e)) => return Err(e),
                         _ => unreachable!("an error was found at this key"),
                     },
+                    // Loaded up to the first certain difference, where this loop stops
+                    // too: every grain before it with the same sums was loaded.
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "the stored grain at {} was not loaded",
+                            grain.origin_timestamp()
+                        )));
+                    }
                 }
-            } else if stored.contains_key(&key) {
-                Some(false)
             } else {
                 None
             };
@@ -712,7 +724,12 @@ impl PgWriter {
                 // Its payloads follow one another in the object from its first one's.
                 let object = match (in_object, object_id) {
                     (true, Some(id)) => Some((id, offsets[&insert[group.start]])),
-                    _ => None,
+                    (true, None) => {
+                        return Err(StoreError::Corrupt(
+                            "a batch's payloads were to be in an object it does not have".into(),
+                        ));
+                    }
+                    (false, _) => None,
                 };
                 rows.run(
                     first.origin_timestamp(),
