@@ -600,8 +600,14 @@ async fn verify(
     (present, recovered)
 }
 
+/// The tests of this file restart servers on ports chosen while they were free: one at
+/// a time, so that neither can take the other's port between a kill and the restart
+/// (and have the other's checks answered by the wrong server).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn acknowledged_grains_survive_sigkill_over_http() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     eprintln!("http crash test seed: {seed} (set {SEED_VAR} to replay)");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -739,6 +745,7 @@ fn find_all(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
 /// either way the server refuses to start, names the file, and does not panic.
 #[test]
 fn damaged_index_page_stops_the_start() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     eprintln!("index damage test seed: {seed} (set {SEED_VAR} to replay)");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -493,12 +493,11 @@ impl PgWriter {
         grains: &[Grain],
         optimistic: bool,
     ) -> Result<Option<BatchResult>, StoreError> {
-        let plan = if optimistic {
+        let mut plan = if optimistic {
             Plan::all_new(grains)
         } else {
             self.plan(grains).await?
         };
-        let mut plan = plan;
         // An appending batch in time order, to be cut into runs; one with a repeated
         // timestamp is planned (the rows' spans must not overlap, see `runs`).
         if plan.optimistic {
