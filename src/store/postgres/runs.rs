@@ -193,6 +193,21 @@ pub struct Member {
     pub offset: u64,
 }
 
+impl Member {
+    /// Where the payload starts in its run's object, the run's first payload starting
+    /// at `base` there; a damaged run whose payload would end past any offset fails.
+    pub fn object_offset(&self, base: u64) -> Result<u64, StoreError> {
+        base.checked_add(self.offset)
+            .filter(|start| start.checked_add(self.len).is_some())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the grain at {} is past the end of any object",
+                    self.timestamp
+                ))
+            })
+    }
+}
+
 /// Builds a run, member by member, in time order.
 #[derive(Debug)]
 pub struct RunBuilder {

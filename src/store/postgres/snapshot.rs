@@ -77,17 +77,7 @@ impl StoredGrain {
                 (Some(_), _) => None,
                 // Nothing to fetch (an object store refuses an empty range).
                 (None, _) if m.len == 0 => None,
-                (None, Some((key, base))) => {
-                    // Where it starts, and where it ends, must be offsets.
-                    let start = base.checked_add(m.offset);
-                    let Some(start) = start.filter(|s| s.checked_add(m.len).is_some()) else {
-                        return Err(StoreError::Corrupt(format!(
-                            "the grain at {} is past the end of any object",
-                            m.timestamp
-                        )));
-                    };
-                    Some((key.clone(), start))
-                }
+                (None, Some((key, base))) => Some((key.clone(), m.object_offset(*base)?)),
                 (None, None) => {
                     return Err(StoreError::Corrupt(format!(
                         "the run holding the grain at {} has no object for its payloads",

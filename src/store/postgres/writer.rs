@@ -260,15 +260,7 @@ async fn split_runs(
         for member in decode_run(found.first, &found.run)? {
             let object = match (&member.payload, found.object) {
                 (Some(_), _) => None,
-                (None, Some((id, base))) => match base.checked_add(member.offset) {
-                    Some(at) if at.checked_add(member.len).is_some() => Some((id, at)),
-                    _ => {
-                        return Err(StoreError::Corrupt(format!(
-                            "the grain at {} is past the end of any object",
-                            member.timestamp
-                        )));
-                    }
-                },
+                (None, Some((id, base))) => Some((id, member.object_offset(base)?)),
                 (None, None) => {
                     return Err(StoreError::Corrupt(format!(
                         "the run at {} has no object for its payloads",
@@ -414,18 +406,23 @@ impl PgWriter {
         // grain that differs in them differs, without loading the stored one.
         let sums: HashMap<(i64, i32), (u64, u32)> =
             stored.iter().map(|(k, s)| (*k, (s.len, s.crc))).collect();
-        let same_sums = |i: usize| {
-            let payload = grains[i].payload();
-            sums.get(&(secs[i], nsecs[i]))
-                .map(|&(len, crc)| len == payload.len() as u64 && crc == crc32c::crc32c(payload))
-        };
+        let same_sums: Vec<Option<bool>> = grains
+            .iter()
+            .enumerate()
+            .map(|(i, grain)| {
+                let payload = grain.payload();
+                sums.get(&(secs[i], nsecs[i])).map(|&(len, crc)| {
+                    len == payload.len() as u64 && crc == crc32c::crc32c(payload)
+                })
+            })
+            .collect();
         // The stored grains the batch may repeat (same length and checksum), up to the
         // first it certainly does not (where the plan stops), loaded together: those in
         // one object are fetched in as few requests as their ranges allow (a re-sent
         // batch whose payloads are in an object).
         let mut candidates: Vec<StoredGrain> = Vec::new();
         for i in 0..grains.len() {
-            match same_sums(i) {
+            match same_sums[i] {
                 Some(false) => break,
                 Some(true) => candidates.extend(stored.remove(&(secs[i], nsecs[i]))),
                 None => {}
@@ -444,20 +441,20 @@ impl PgWriter {
             insert: Vec::new(),
             optimistic: false,
         };
-        // Grains of this batch by timestamp, for duplicates within it.
+        // Grains of this batch by timestamp (new or found unchanged), for later ones at the
+        // same timestamp.
         let mut batch: HashMap<(i64, i32), usize> = HashMap::new();
         for (i, grain) in grains.iter().enumerate() {
             let key = (secs[i], nsecs[i]);
             let same = if let Some(&j) = batch.get(&key) {
                 Some(grains[j].same_identity(grain))
-            } else if let Some(same_sums) = same_sums(i) {
-                match same_as.get(&key) {
+            } else if let Some(same_sums) = same_sums[i] {
+                // A later grain at this timestamp is compared with this one (in `batch`
+                // from here on), so each stored grain is looked at once.
+                match same_as.remove(&key) {
                     _ if !same_sums => Some(false),
                     Some(Ok(existing)) => Some(existing.same_identity(grain)),
-                    Some(Err(_)) => match same_as.remove(&key) {
-                        Some(Err(e)) => return Err(e),
-                        _ => unreachable!("an error was found at this key"),
-                    },
+                    Some(Err(e)) => return Err(e),
                     // Loaded up to the first certain difference, where this loop stops
                     // too: every grain before it with the same sums was loaded.
                     None => {
@@ -471,7 +468,10 @@ impl PgWriter {
                 None
             };
             match same {
-                Some(true) => plan.outcome.unchanged += 1,
+                Some(true) => {
+                    batch.insert(key, i);
+                    plan.outcome.unchanged += 1;
+                }
                 Some(false) => {
                     plan.conflict = Some(grain.origin_timestamp());
                     break;
