@@ -278,6 +278,7 @@ impl Config {
             },
             object_cache: (s.object_cache_bytes > 0)
                 .then(|| (s.data_dir.join(OBJECT_CACHE_DIR), s.object_cache_bytes)),
+            object_cache_uploads: s.object_cache_uploads,
             max_sessions: s.max_sessions,
             session_wait: Duration::from_millis(s.session_wait_ms),
             inline_max: s.inline_max_bytes,
@@ -372,6 +373,9 @@ pub struct StorageConfig {
     /// Bytes of payload objects a replica keeps in `data_dir/object-cache` (postgres
     /// backend); 0 for none.
     pub object_cache_bytes: u64,
+    /// Whether the object cache also keeps the bytes this replica uploads (otherwise
+    /// only those it reads).
+    pub object_cache_uploads: bool,
     /// The most payload bytes an appending batch of small grains keeps in PostgreSQL
     /// (postgres backend); a larger one keeps them in its object.
     pub inline_batch_max_bytes: u64,
@@ -948,6 +952,16 @@ mod tests {
             config.postgres().object_cache,
             Some((PathBuf::from("/srv/gs/object-cache"), 1 << 30))
         );
+        // It keeps uploads unless told not to.
+        assert!(config.postgres().object_cache_uploads);
+        let config = load(&[
+            url,
+            ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://"),
+            ("GRAINSTORE__STORAGE__MAX_SESSIONS", "24"),
+            ("GRAINSTORE__STORAGE__OBJECT_CACHE_UPLOADS", "false"),
+        ])
+        .unwrap();
+        assert!(!config.postgres().object_cache_uploads);
     }
 
     #[test]

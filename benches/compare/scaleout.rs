@@ -22,6 +22,8 @@
 //! `GS_COMPARE_OBJECT_CACHE_MIB` (0 unless set) is each replica's
 //! `storage.object_cache_bytes`, in MiB: with one large enough for the data, the reads
 //! after the first (the warm-up) come from the replica's disk, not the S3 server.
+//! `GS_COMPARE_OBJECT_CACHE_UPLOADS=false` sets `storage.object_cache_uploads` to
+//! false: the cache then keeps only what the replica reads (the warm-up fills it).
 //!
 //! `GS_COMPARE_REPLICA_CPUS` (say `0.25`, root only) gives each grainstore server of the
 //! workload, the embedded one included, a CPU quota of its own (a cgroup), as if each
@@ -130,6 +132,12 @@ fn object_cache_mib() -> u64 {
     crate::env_or("GS_COMPARE_OBJECT_CACHE_MIB", 0)
 }
 
+/// Whether that cache keeps the bytes uploaded too (`GS_COMPARE_OBJECT_CACHE_UPLOADS`,
+/// true unless set): `storage.object_cache_uploads`.
+fn object_cache_uploads() -> bool {
+    crate::env_or("GS_COMPARE_OBJECT_CACHE_UPLOADS", true)
+}
+
 /// A `grainstore serve` process with the postgres backend on `schema`.
 async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) -> Grainstore {
     let port = free_port();
@@ -152,6 +160,10 @@ async fn start_replica(dir: &Path, name: &str, machine: &Machine, schema: &str) 
         .env(
             "GRAINSTORE__STORAGE__OBJECT_CACHE_BYTES",
             (object_cache_mib() << 20).to_string(),
+        )
+        .env(
+            "GRAINSTORE__STORAGE__OBJECT_CACHE_UPLOADS",
+            object_cache_uploads().to_string(),
         )
         .env(
             "GRAINSTORE__STORAGE__OBJECT_STORE_URL",
@@ -424,7 +436,12 @@ pub async fn run(plan: &Plan, dir: &Path, embedded: &Grainstore, report: &mut Re
         0 => "scale-out: the replicas have no object cache".to_owned(),
         mib => format!(
             "scale-out: each replica has an object cache of {mib} MiB \
-             (storage.object_cache_bytes)"
+             (storage.object_cache_bytes), {} (storage.object_cache_uploads)",
+            if object_cache_uploads() {
+                "holding what it uploads and reads"
+            } else {
+                "holding only what it reads"
+            }
         ),
     });
     if let Some(cpus) = quota {

@@ -97,6 +97,9 @@ pub struct PostgresConfig {
     /// This replica's cache of objects' bytes on local disk: its directory (emptied at
     /// start) and the most bytes it holds; `None` for none.
     pub object_cache: Option<(std::path::PathBuf, u64)>,
+    /// Whether the cache also keeps the bytes this replica uploads, not only those it
+    /// reads.
+    pub object_cache_uploads: bool,
     /// How many sessions may be open at once.
     pub max_sessions: usize,
     /// How long opening a session waits for a free place (and for a connection).
@@ -135,6 +138,7 @@ impl PostgresConfig {
                 ..Default::default()
             },
             object_cache: None,
+            object_cache_uploads: true,
             max_sessions: 24,
             session_wait: Duration::from_millis(500),
             inline_max: 16 << 10,
@@ -506,6 +510,12 @@ impl Shared {
         }
     }
 
+    /// A pooled connection for a transaction (see [`Shared::connection`]), whose
+    /// rollback, when dropped unfinished, waits at most `answer_within`.
+    async fn transaction(&self) -> Result<txn::Txn, StoreError> {
+        Ok(txn::Txn::new(self.connection().await?, self.answer_within))
+    }
+
     /// Runs a read-only query function, retrying when the database is unreachable (a
     /// failover, a restart): reads are safe to repeat. Only a failure that came at once
     /// is retried: one that took its time (a database that does not answer) would only
@@ -592,7 +602,11 @@ impl PostgresStore {
                     })
                 })?;
                 tracing::info!(dir = %dir.display(), bytes, "object cache");
-                payloads::Payloads::with_cache(object_store, Arc::new(cache))
+                payloads::Payloads::with_cache(
+                    object_store,
+                    Arc::new(cache),
+                    config.object_cache_uploads,
+                )
             }
             None => payloads::Payloads::new(object_store),
         };
@@ -812,7 +826,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_flow(&self, flow: Flow) -> Result<PutOutcome, StoreError> {
-        let txn = txn::Txn::new(self.client().await?);
+        let txn = self.shared.transaction().await?;
         let client = txn.client();
         let now = now_rfc3339();
         let mut flow = flow;
@@ -938,7 +952,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_flow(&self, id: FlowId) -> Result<bool, StoreError> {
-        let txn = txn::Txn::new(self.client().await?);
+        let txn = self.shared.transaction().await?;
         let client = txn.client();
         let delete = client
             .prepare_cached("DELETE FROM flows WHERE id = $1")
@@ -1106,7 +1120,7 @@ impl Store for PostgresStore {
     }
 
     async fn delete_grains(&self, flow: FlowId, range: &TimeRange) -> Result<u64, StoreError> {
-        let txn = txn::Txn::new(self.client().await?);
+        let txn = self.shared.transaction().await?;
         let client = txn.client();
         let writable = client
             .prepare_cached(writer::FLOW_WRITABLE)

@@ -156,6 +156,8 @@ pub struct Payloads {
     store: Arc<dyn ObjectStore>,
     /// This replica's copies of objects' bytes, if it keeps any.
     cache: Option<Arc<ObjectCache>>,
+    /// Whether the cache also keeps the bytes uploaded.
+    cache_uploads: bool,
 }
 
 /// The prefix under which every payload object lives.
@@ -164,14 +166,24 @@ pub const OBJECTS_PREFIX: &str = "grains";
 impl Payloads {
     /// Payload objects in `store`.
     pub fn new(store: Arc<dyn ObjectStore>) -> Payloads {
-        Payloads { store, cache: None }
+        Payloads {
+            store,
+            cache: None,
+            cache_uploads: false,
+        }
     }
 
-    /// As [`Payloads::new`], keeping the bytes uploaded and read in `cache`.
-    pub fn with_cache(store: Arc<dyn ObjectStore>, cache: Arc<ObjectCache>) -> Payloads {
+    /// As [`Payloads::new`], keeping the bytes read in `cache`, and those uploaded too
+    /// if `uploads`.
+    pub fn with_cache(
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<ObjectCache>,
+        uploads: bool,
+    ) -> Payloads {
         Payloads {
             store,
             cache: Some(cache),
+            cache_uploads: uploads,
         }
     }
 
@@ -207,13 +219,14 @@ impl Payloads {
     /// (see [`gather`]).
     pub async fn put(&self, key: &str, parts: Vec<Bytes>) -> Result<(), StoreError> {
         let parts = gather(parts);
-        let kept = self.cache.as_ref().map(|_| back_to_back(0, &parts));
+        let cache = self.cache.as_ref().filter(|_| self.cache_uploads);
+        let kept = cache.map(|_| back_to_back(0, &parts));
         let payload: PutPayload = parts.into_iter().collect();
         self.store
             .put(&Path::from(key), payload)
             .await
             .map_err(unavailable)?;
-        if let (Some(cache), Some(writes)) = (&self.cache, kept) {
+        if let (Some(cache), Some(writes)) = (cache, kept) {
             cache.store(key, writes);
         }
         Ok(())
@@ -721,19 +734,14 @@ mod tests {
     }
 
     /// With a cache, the bytes read once (through either call, with gaps between the
-    /// ranges of one request) are read again from it, not from the object store.
+    /// ranges of one request) are read again from it, not from the object store; the
+    /// bytes uploaded are held only by a cache told to keep them.
     #[tokio::test]
     async fn what_was_read_once_is_read_again_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(ObjectCache::open(dir.path(), 64 << 20).unwrap());
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let object: Vec<u8> = (0..1_000_000).map(|i| (i % 251) as u8).collect();
-        // Uploaded without the cache: nothing of it is held.
-        Payloads::new(Arc::clone(&store))
-            .put("a", vec![Bytes::from(object.clone())])
-            .await
-            .unwrap();
-        let payloads = Payloads::with_cache(store, Arc::clone(&cache));
         let settled = || async {
             for _ in 0..5000 {
                 if cache.stats().pending_bytes == 0 {
@@ -743,10 +751,26 @@ mod tests {
             }
             panic!("the cache's stores never finished: {:?}", cache.stats());
         };
+        // Uploaded without a cache, or with one that keeps only what is read: nothing
+        // of it is held.
+        Payloads::new(Arc::clone(&store))
+            .put("a", vec![Bytes::from(object.clone())])
+            .await
+            .unwrap();
+        let payloads = Payloads::with_cache(store, Arc::clone(&cache), false);
+        payloads
+            .put("b", vec![Bytes::from(object.clone())])
+            .await
+            .unwrap();
+        settled().await;
+        assert_eq!(cache.stats(), Default::default());
         // Gaps of 1,000 bytes: one request per call, its gaps not wanted.
-        let wanted: Vec<(&str, Range<u64>)> = (0..10)
-            .map(|i| ("a", i * 11_000..i * 11_000 + 10_000))
-            .collect();
+        let wanted_of = |key: &'static str| -> Vec<(&'static str, Range<u64>)> {
+            (0..10)
+                .map(|i| (key, i * 11_000..i * 11_000 + 10_000))
+                .collect()
+        };
+        let wanted = wanted_of("a");
         let expect = |r: &Range<u64>| object[r.start as usize..r.end as usize].to_vec();
         for round in 0..3 {
             let whole = payloads.fetch(&wanted).await.unwrap();
@@ -775,6 +799,21 @@ mod tests {
             other[0].as_ref().unwrap().to_vec(),
             expect(&(500_000..500_010))
         );
+        assert_eq!(cache.stats().misses, 2);
+
+        // One that keeps uploads too serves them without asking the object store.
+        let store = Arc::clone(payloads.store());
+        let payloads = Payloads::with_cache(store, Arc::clone(&cache), true);
+        payloads
+            .put("c", vec![Bytes::from(object.clone())])
+            .await
+            .unwrap();
+        settled().await;
+        let read = payloads.fetch(&wanted_of("c")).await.unwrap();
+        assert_eq!(read.from_cache, vec![true; wanted.len()]);
+        for (got, (_, r)) in read.results.into_iter().zip(&wanted) {
+            assert_eq!(got.unwrap().to_vec(), expect(r));
+        }
         assert_eq!(cache.stats().misses, 2);
     }
 

@@ -350,12 +350,8 @@ impl PgSnapshot {
         // is dropped (a client gone mid-request) once `BEGIN` is sent, its `Drop` still
         // rolls back, so the connection never returns to the pool inside a read-only
         // transaction where the next writer would fail.
-        let client = shared.connection().await?;
-        let snapshot = PgSnapshot {
-            flow,
-            shared,
-            txn: Txn::new(client),
-        };
+        let txn = shared.transaction().await?;
+        let snapshot = PgSnapshot { flow, shared, txn };
         let client = snapshot.client();
         // Prepared once per connection: `BEGIN` and the flow check then go to the server
         // together, in one round trip, and run in order. The snapshot is taken at the

@@ -14,7 +14,6 @@ use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::payloads::Payloads;
 use super::snapshot::{StoredGrain, grain_columns, load};
-use super::txn::Txn;
 use super::{
     LOCK_FLOW, PendingEvent, Shared, grain_end, join, pg_error, record_events, runs, split,
 };
@@ -589,7 +588,7 @@ impl PgWriter {
     ) -> Result<Option<BatchResult>, StoreError> {
         // An optimistic plan's grains are in time order already (see `attempt`).
         let insert = &plan.insert;
-        let txn = Txn::new(self.shared.connection().await?);
+        let txn = self.shared.transaction().await?;
         let client = txn.client();
         // `BEGIN` and the checks go to the server together (one round trip) and run in
         // order: a shared lock on the flow (a concurrent flow update or delete waits for
