@@ -411,6 +411,8 @@ struct Shared {
     pg: tokio_postgres::Config,
     /// TLS for every connection (unused with `sslmode = disable`).
     tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Cancels a connection's running statement (for transactions dropped unfinished).
+    cancel: txn::Cancel,
     payloads: payloads::Payloads,
     notifier: Notifier,
     events: EventLog,
@@ -510,10 +512,15 @@ impl Shared {
         }
     }
 
-    /// A pooled connection for a transaction (see [`Shared::connection`]), whose
-    /// rollback, when dropped unfinished, waits at most `answer_within`.
+    /// A pooled connection for a transaction (see [`Shared::connection`]); dropped
+    /// unfinished, its rollback waits `answer_within` before it cancels what is in its
+    /// way, and as long again before it closes the connection ([`txn`]).
     async fn transaction(&self) -> Result<txn::Txn, StoreError> {
-        Ok(txn::Txn::new(self.connection().await?, self.answer_within))
+        Ok(txn::Txn::new(
+            self.connection().await?,
+            self.answer_within,
+            Some(Arc::clone(&self.cancel)),
+        ))
     }
 
     /// Runs a read-only query function, retrying when the database is unreachable (a
@@ -646,10 +653,16 @@ impl PostgresStore {
         // Fail at start when the pool cannot connect.
         drop(pool.get().await.map_err(pool_error)?);
 
+        let cancel_tls = tls.clone();
+        let cancel: txn::Cancel = Arc::new(move |token: tokio_postgres::CancelToken| {
+            let tls = cancel_tls.clone();
+            Box::pin(async move { token.cancel_query(tls).await })
+        });
         let shared = Arc::new(Shared {
             pool,
             pg,
             tls,
+            cancel,
             payloads,
             notifier: Notifier::default(),
             events: EventLog::with_epoch(config.event_retention, epoch),

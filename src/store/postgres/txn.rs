@@ -6,16 +6,29 @@
 //! once per connection) reach the server together and run in order. Dropped before
 //! [`Txn::commit`], whatever the reason (an error, a retry, the request's future dropped
 //! mid-way), it rolls back before the connection goes back to the pool, so that no
-//! later user of the connection finds itself inside a transaction. A rollback that gets
-//! no answer in time (a database that stopped answering, a statement still running)
-//! closes the connection instead, which ends the transaction as surely and frees its
-//! place in the pool.
+//! later user of the connection finds itself inside a transaction.
+//!
+//! That `ROLLBACK` waits behind whatever the connection is still running (a dropped
+//! reader's page query, a large delete, a wait for a flow's lock). Past a time limit the
+//! running statement is cancelled (PostgreSQL's cancel request, on a connection of its
+//! own), which stops work nobody waits for and lets the rollback through; the
+//! connection is then pooled as usual. If the cancel or the rollback after it gets no
+//! answer in time either (a database that stopped answering), the connection is closed
+//! instead: its place in the pool is free again, and PostgreSQL rolls the transaction
+//! back when its backend notices the closed connection (once its statement ends; on a
+//! frozen host, once the host runs again). Until then that backend holds its locks and
+//! counts against `max_connections` beside the pool's.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Object;
-use deadpool_postgres::tokio_postgres::Error;
+use deadpool_postgres::tokio_postgres::{CancelToken, Error};
+use futures::future::BoxFuture;
+
+/// Sends PostgreSQL's cancel request for a connection's running statement.
+pub type Cancel = Arc<dyn Fn(CancelToken) -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
 
 /// A transaction that its owner begins (see [`Txn::begin`]); rolled back when dropped.
 pub struct Txn {
@@ -23,19 +36,31 @@ pub struct Txn {
     client: Option<Object>,
     /// Whether `BEGIN` was sent: only then does `Drop` roll back.
     begun: AtomicBool,
-    /// How long `Drop`'s rollback may wait for its answer.
-    rollback_within: Duration,
+    /// How long `Drop`'s rollback, and each step after it, may wait.
+    within: Duration,
+    /// How to cancel a statement that holds the rollback up; `None`: close at once.
+    cancel: Option<Cancel>,
+}
+
+/// How a dropped transaction ended.
+enum Ended {
+    /// Rolled back: the connection can be pooled.
+    RolledBack,
+    /// Unknown: the connection must be closed.
+    Close,
 }
 
 impl Txn {
     /// Takes `client` for a transaction: once it has begun, dropping the `Txn` rolls
-    /// it back, or closes the connection if the rollback is not answered within
-    /// `rollback_within`.
-    pub fn new(client: Object, rollback_within: Duration) -> Txn {
+    /// it back; a rollback not answered `within` cancels the statement in its way with
+    /// `cancel`, and one still not answered (or without `cancel`) closes the
+    /// connection.
+    pub fn new(client: Object, within: Duration, cancel: Option<Cancel>) -> Txn {
         Txn {
             client: Some(client),
             begun: AtomicBool::new(false),
-            rollback_within,
+            within,
+            cancel,
         }
     }
 
@@ -65,6 +90,66 @@ impl Txn {
     }
 }
 
+/// Rolls back the transaction on `client` (see the module's documentation).
+async fn roll_back(client: &Object, within: Duration, cancel: Option<Cancel>) -> Ended {
+    let rollback = client.batch_execute("ROLLBACK");
+    tokio::pin!(rollback);
+    match tokio::time::timeout(within, &mut rollback).await {
+        Ok(Ok(())) => return Ended::RolledBack,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ending a transaction failed");
+            return Ended::Close;
+        }
+        Err(_) => {}
+    }
+    let within_ms = within.as_millis() as u64;
+    let Some(cancel) = cancel else {
+        tracing::warn!(
+            within_ms,
+            "a transaction's rollback got no answer in time; closing its connection"
+        );
+        return Ended::Close;
+    };
+    match tokio::time::timeout(within, cancel(client.cancel_token())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cancelling a dropped transaction's statement failed; closing its connection");
+            return Ended::Close;
+        }
+        Err(_) => {
+            tracing::warn!(
+                within_ms,
+                "cancelling a dropped transaction's statement got no answer in time; \
+                 closing its connection"
+            );
+            return Ended::Close;
+        }
+    }
+    // The statement ends with an error of its own (not ours to see); the rollback
+    // queued behind it then runs.
+    match tokio::time::timeout(within, &mut rollback).await {
+        Ok(Ok(())) => {
+            tracing::debug!(
+                within_ms,
+                "a dropped transaction's statement was cancelled and the transaction rolled back"
+            );
+            Ended::RolledBack
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ending a transaction failed");
+            Ended::Close
+        }
+        Err(_) => {
+            tracing::warn!(
+                within_ms,
+                "a transaction's rollback got no answer in time, even after a cancel; \
+                 closing its connection"
+            );
+            Ended::Close
+        }
+    }
+}
+
 impl Drop for Txn {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
@@ -76,24 +161,10 @@ impl Drop for Txn {
         match tokio::runtime::Handle::try_current() {
             // The connection returns to the pool once the transaction is over.
             Ok(handle) => {
-                let within = self.rollback_within;
+                let (within, cancel) = (self.within, self.cancel.take());
                 handle.spawn(async move {
-                    let ended =
-                        tokio::time::timeout(within, client.batch_execute("ROLLBACK")).await;
-                    match ended {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "ending a transaction failed");
-                            drop(Object::take(client));
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                within_ms = within.as_millis() as u64,
-                                "a transaction's rollback got no answer in time; \
-                                 closing its connection"
-                            );
-                            drop(Object::take(client));
-                        }
+                    if let Ended::Close = roll_back(&client, within, cancel).await {
+                        drop(Object::take(client));
                     }
                 });
             }
@@ -106,24 +177,22 @@ impl Drop for Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deadpool_postgres::tokio_postgres::{Config, NoTls};
+    use deadpool_postgres::tokio_postgres::{self, Client, Config, NoTls};
     use deadpool_postgres::{Manager, Pool};
 
-    /// A pool of one connection to the PostgreSQL of `GRAINSTORE_TEST_POSTGRES_URL`, or
-    /// `None` (with a line saying so) when it is not set.
-    fn pool() -> Option<Pool> {
+    /// The settings of `GRAINSTORE_TEST_POSTGRES_URL`, or `None` (with a line saying
+    /// so) when it is not set.
+    fn settings() -> Option<Config> {
         let Ok(url) = std::env::var("GRAINSTORE_TEST_POSTGRES_URL") else {
             eprintln!(
                 "skipped: set GRAINSTORE_TEST_POSTGRES_URL (as .ci/run does) to run this test"
             );
             return None;
         };
-        let config: Config = url.parse().expect("GRAINSTORE_TEST_POSTGRES_URL");
-        let manager = Manager::new(config, NoTls);
-        Some(Pool::builder(manager).max_size(1).build().unwrap())
+        Some(url.parse().expect("GRAINSTORE_TEST_POSTGRES_URL"))
     }
 
-    async fn backend_pid(client: &Object) -> i32 {
+    async fn backend_pid(client: &Client) -> i32 {
         client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
@@ -131,55 +200,116 @@ mod tests {
             .get(0)
     }
 
-    /// Dropped unfinished, a transaction is rolled back and its connection pooled again;
-    /// a rollback that waits behind a statement longer than allowed closes it instead,
-    /// so the pool's next connection is a new one, handed out without waiting for the
-    /// statement.
+    /// The temporary table `t` if this session sees it: made inside a transaction, it
+    /// is gone once that transaction was rolled back (inside it, or inside what is left
+    /// of it after a failed statement, this query would fail or find it).
+    async fn temp_table(client: &Client) -> Option<String> {
+        client
+            .query_one("SELECT to_regclass('pg_temp.t')::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Begins a transaction on `client` with the limit `within`, makes the temporary
+    /// table `t` in it, and starts in it a statement that waits for the advisory lock
+    /// `key` (held elsewhere), its caller giving up on it at once; returns the
+    /// transaction.
+    async fn stuck(client: Object, within: Duration, cancel: Option<Cancel>, key: i64) -> Txn {
+        let txn = Txn::new(client, within, cancel);
+        txn.begin("BEGIN").await.unwrap();
+        txn.client()
+            .batch_execute("CREATE TEMP TABLE t (x int)")
+            .await
+            .unwrap();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let wait = txn
+            .client()
+            .execute("SELECT pg_advisory_xact_lock($1)", &params);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), wait)
+                .await
+                .is_err(),
+            "the lock was free"
+        );
+        txn
+    }
+
+    /// Dropped unfinished, a transaction is rolled back and its connection pooled again.
+    /// One whose rollback waits behind a statement past the limit has that statement
+    /// cancelled, then is rolled back and pooled; without a way to cancel, its
+    /// connection is closed and the pool's next one is new.
     #[tokio::test]
-    async fn a_dropped_transaction_rolls_back_or_closes_its_connection() {
-        let Some(pool) = pool() else { return };
-        let within = Duration::from_millis(200);
+    async fn a_dropped_transaction_rolls_back_cancelling_or_closing_what_holds_it_up() {
+        let Some(config) = settings() else { return };
+        let pool = Pool::builder(Manager::new(config.clone(), NoTls))
+            .max_size(1)
+            .build()
+            .unwrap();
+        // Another session holds the lock that the stuck statements wait for.
+        let (holder, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let key = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        holder
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        let cancel: Cancel =
+            Arc::new(|token: CancelToken| Box::pin(async move { token.cancel_query(NoTls).await }));
+        // Time enough for a rollback on a busy machine; the statements below never end
+        // by themselves, so the limit is reached whatever it is.
+        let within = Duration::from_secs(2);
+        // Waits for the pool's connection, which comes back only when the dropped
+        // transaction's task is done with it.
+        let next = || async {
+            tokio::time::timeout(Duration::from_secs(60), pool.get())
+                .await
+                .expect("the dropped transaction's connection never came back")
+                .unwrap()
+        };
 
         let client = pool.get().await.unwrap();
         let first = backend_pid(&client).await;
-        let txn = Txn::new(client, within);
+        let txn = Txn::new(client, within, Some(Arc::clone(&cancel)));
         txn.begin("BEGIN").await.unwrap();
         txn.client()
             .batch_execute("CREATE TEMP TABLE t (x int)")
             .await
             .unwrap();
         drop(txn);
-        let client = pool.get().await.unwrap();
+        let client = next().await;
         assert_eq!(
             backend_pid(&client).await,
             first,
             "the connection was pooled"
         );
-        // Rolled back: the table it made is gone (still inside the transaction, this
-        // session would see it).
-        let table: Option<String> = client
-            .query_one("SELECT to_regclass('pg_temp.t')::text", &[])
+        assert_eq!(temp_table(&client).await, None, "not rolled back");
+
+        // Stuck behind a lock wait: cancelled, rolled back, pooled.
+        drop(stuck(client, within, Some(Arc::clone(&cancel)), key).await);
+        let client = next().await;
+        assert_eq!(
+            backend_pid(&client).await,
+            first,
+            "the connection was pooled"
+        );
+        assert_eq!(temp_table(&client).await, None, "not rolled back");
+
+        // The same without a way to cancel: closed.
+        drop(stuck(client, within, None, key).await);
+        let client = next().await;
+        let second = backend_pid(&client).await;
+        assert_ne!(second, first, "the connection was closed");
+        // The closed connection's backend still waits for the lock; end it.
+        let ended: bool = client
+            .query_one("SELECT pg_terminate_backend($1)", &[&first])
             .await
             .unwrap()
             .get(0);
-        assert_eq!(table, None);
-
-        let txn = Txn::new(client, within);
-        txn.begin("BEGIN").await.unwrap();
-        // A statement that runs for half a minute; its caller gives up on it at once.
-        let slow = txn.client().batch_execute("SELECT pg_sleep(30)");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), slow)
-                .await
-                .is_err()
-        );
-        drop(txn);
-        // Without the limit this would wait for the statement, then get `first` back.
-        let client = pool.get().await.unwrap();
-        assert_ne!(
-            backend_pid(&client).await,
-            first,
-            "the connection was closed"
-        );
+        assert!(ended, "the closed connection's backend had already ended");
+        holder
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+            .unwrap();
     }
 }
