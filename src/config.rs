@@ -952,16 +952,16 @@ mod tests {
             config.postgres().object_cache,
             Some((PathBuf::from("/srv/gs/object-cache"), 1 << 30))
         );
-        // It keeps uploads unless told not to.
-        assert!(config.postgres().object_cache_uploads);
+        // It keeps only what is read unless told to keep uploads too.
+        assert!(!config.postgres().object_cache_uploads);
         let config = load(&[
             url,
             ("GRAINSTORE__STORAGE__OBJECT_STORE_URL", "memory://"),
             ("GRAINSTORE__STORAGE__MAX_SESSIONS", "24"),
-            ("GRAINSTORE__STORAGE__OBJECT_CACHE_UPLOADS", "false"),
+            ("GRAINSTORE__STORAGE__OBJECT_CACHE_UPLOADS", "true"),
         ])
         .unwrap();
-        assert!(!config.postgres().object_cache_uploads);
+        assert!(config.postgres().object_cache_uploads);
     }
 
     #[test]

@@ -22,8 +22,9 @@
 //! `GS_COMPARE_OBJECT_CACHE_MIB` (0 unless set) is each replica's
 //! `storage.object_cache_bytes`, in MiB: with one large enough for the data, the reads
 //! after the first (the warm-up) come from the replica's disk, not the S3 server.
-//! `GS_COMPARE_OBJECT_CACHE_UPLOADS=false` sets `storage.object_cache_uploads` to
-//! false: the cache then keeps only what the replica reads (the warm-up fills it).
+//! The cache keeps only what the replica reads (the warm-up fills it);
+//! `GS_COMPARE_OBJECT_CACHE_UPLOADS=true` sets `storage.object_cache_uploads`, so that it
+//! keeps each replica's uploads too.
 //!
 //! `GS_COMPARE_REPLICA_CPUS` (say `0.25`, root only) gives each grainstore server of the
 //! workload, the embedded one included, a CPU quota of its own (a cgroup), as if each
@@ -133,9 +134,9 @@ fn object_cache_mib() -> u64 {
 }
 
 /// Whether that cache keeps the bytes uploaded too (`GS_COMPARE_OBJECT_CACHE_UPLOADS`,
-/// true unless set): `storage.object_cache_uploads`.
+/// false unless set, as the setting's default): `storage.object_cache_uploads`.
 fn object_cache_uploads() -> bool {
-    crate::env_or("GS_COMPARE_OBJECT_CACHE_UPLOADS", true)
+    crate::env_or("GS_COMPARE_OBJECT_CACHE_UPLOADS", false)
 }
 
 /// A `grainstore serve` process with the postgres backend on `schema`.

@@ -117,13 +117,23 @@ async fn open_cached(mut config: PostgresConfig, bytes: u64) -> (PostgresStore, 
     (store, guard)
 }
 
-/// Every payload in an S3 object, read through an object cache of 4 MiB (an object
-/// takes at most an eighth: larger ones go past it, and the suite's writes make it drop
-/// objects for room).
+/// Every payload in an S3 object, read through an object cache of 4 MiB that keeps
+/// uploads too (an object takes at most an eighth: larger ones go past it, and the
+/// suite's writes make it drop objects for room).
 pub async fn open_s3_cached(setup: StoreSetup) -> (PostgresStore, SchemaGuard) {
     let schema = fresh_schema();
     let mut config = settings(setup, &schema, s3_objects(&schema));
     config.inline_max = 0;
+    config.object_cache_uploads = true;
+    open_cached(config, 4 << 20).await
+}
+
+/// As [`open_s3_cached`], the cache keeping only what is read (the default).
+pub async fn open_s3_read_cached(setup: StoreSetup) -> (PostgresStore, SchemaGuard) {
+    let schema = fresh_schema();
+    let mut config = settings(setup, &schema, s3_objects(&schema));
+    config.inline_max = 0;
+    config.object_cache_uploads = false;
     open_cached(config, 4 << 20).await
 }
 
@@ -178,6 +188,11 @@ crate::store_conformance!(
 crate::store_conformance!(
     pg_s3_cached,
     crate::postgres::open_s3_cached,
+    ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
+);
+crate::store_conformance!(
+    pg_s3_read_cached,
+    crate::postgres::open_s3_read_cached,
     ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"
 );
 crate::store_conformance!(
@@ -422,11 +437,9 @@ async fn a_large_batch_of_small_grains_keeps_its_payloads_in_an_object_beside_it
 #[ignore = "needs GRAINSTORE_TEST_POSTGRES_URL and GRAINSTORE_TEST_S3_ENDPOINT (set by .ci/run)"]
 async fn empty_payloads_in_a_batch_object_are_read_split_and_deleted_through_the_cache() {
     let schema = fresh_schema();
-    let (store, _guard) = open_cached(
-        settings(StoreSetup::default(), &schema, s3_objects(&schema)),
-        64 << 20,
-    )
-    .await;
+    let mut config = settings(StoreSetup::default(), &schema, s3_objects(&schema));
+    config.object_cache_uploads = true;
+    let (store, _guard) = open_cached(config, 64 << 20).await;
     let db = sql(&schema).await;
     let flow = create(&store, video_flow()).await;
     // 300 grains, every seventh with an empty payload: 76,800 bytes in all, so the
@@ -1325,6 +1338,11 @@ async fn a_replica_serves_what_it_read_once_from_its_object_cache() {
     let hits = || store_metric(&b, "grainstore_object_cache_hits_total");
     let misses = || store_metric(&b, "grainstore_object_cache_misses_total");
     assert_eq!((hits(), misses()), (0, 0));
+    // B's cache keeps only what B reads (the default): not B's own uploads, or it
+    // would hold three objects below.
+    let other = create(&b, video_flow()).await;
+    let own = frame(&other, secs(0), 50_000, 4);
+    write(&b, other.id, vec![own]).await.unwrap();
 
     // The first read goes to the object store, and keeps what it fetched.
     for (got, sent) in read_all(&b, flow.id).await.iter().zip(&sent) {
@@ -1365,6 +1383,7 @@ async fn damaged_cache_files_are_dropped_and_their_grains_read_from_the_object_s
     let schema = fresh_schema();
     let mut config = settings(StoreSetup::default(), &schema, s3_objects(&schema));
     config.inline_max = 0;
+    config.object_cache_uploads = true;
     let (store, guard) = open_cached(config, 64 << 20).await;
     let dir = guard
         .cache_dir

@@ -1,10 +1,11 @@
 //! A replica's cache of payload objects on its own disk.
 //!
 //! Objects are never rewritten (a key is used once), so a copy never goes stale. The
-//! bytes of an object that a replica uploads, or reads from the object store, are kept
-//! at their offsets in a file of the cache directory (a sparse file when only parts
-//! were read), and a later read of bytes the file holds is served from it instead of
-//! the object store: nothing is fetched twice to fill the cache. The cache holds at
+//! bytes of an object that a replica reads from the object store (or uploads, if
+//! `storage.object_cache_uploads` says so) are kept at their offsets in a file of the
+//! cache directory (a sparse file when only parts were read), and a later read of bytes
+//! the file holds is served from it instead of the object store: nothing is fetched
+//! twice to fill the cache. The cache holds at
 //! most its configured bytes; past them the least recently used objects are dropped.
 //!
 //! It is emptied at start (a copy left by a crash may be incomplete), and nothing else

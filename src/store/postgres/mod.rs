@@ -138,7 +138,7 @@ impl PostgresConfig {
                 ..Default::default()
             },
             object_cache: None,
-            object_cache_uploads: true,
+            object_cache_uploads: false,
             max_sessions: 24,
             session_wait: Duration::from_millis(500),
             inline_max: 16 << 10,
