@@ -362,7 +362,7 @@ async fn a_replica_process_killed_mid_stream_loses_and_repeats_nothing_acknowled
     // Declared first, dropped last: after both processes are gone.
     let _schema = SchemaGuard::new(&machine.postgres_url, &schema);
     // One after the other: the first makes the schema's tables.
-    // B keeps the payload objects it uploads and reads in a cache of its own.
+    // B keeps the payload objects it reads in a cache of its own.
     let mut a = Replica::start("A", &machine, &schema, 0).await;
     let b = Replica::start("B", &machine, &schema, 64 << 20).await;
     let client = reqwest::Client::new();

@@ -11,13 +11,15 @@
 //! That `ROLLBACK` waits behind whatever the connection is still running (a dropped
 //! reader's page query, a large delete, a wait for a flow's lock). Past a time limit the
 //! running statement is cancelled (PostgreSQL's cancel request, on a connection of its
-//! own), which stops work nobody waits for and lets the rollback through; the
-//! connection is then pooled as usual. If the cancel or the rollback after it gets no
-//! answer in time either (a database that stopped answering), the connection is closed
-//! instead: its place in the pool is free again, and PostgreSQL rolls the transaction
-//! back when its backend notices the closed connection (once its statement ends; on a
-//! frozen host, once the host runs again). Until then that backend holds its locks and
-//! counts against `max_connections` beside the pool's.
+//! own), which stops work nobody waits for and releases its locks, and the connection
+//! is closed, so that its backend rolls the transaction back and ends. It is not pooled
+//! again: PostgreSQL acts on a cancel request when it gets to it, and a cancel that
+//! arrived late could otherwise stop the next user's statement. If the cancel gets no
+//! answer in time (a database that stopped answering), the connection is closed all the
+//! same: its place in the pool is free again, and PostgreSQL rolls the transaction back
+//! when its backend notices the closed connection (once its statement ends; on a frozen
+//! host, once the host runs again). Until then that backend holds its locks and counts
+//! against `max_connections` beside the pool's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +38,7 @@ pub struct Txn {
     client: Option<Object>,
     /// Whether `BEGIN` was sent: only then does `Drop` roll back.
     begun: AtomicBool,
-    /// How long `Drop`'s rollback, and each step after it, may wait.
+    /// How long `Drop`'s rollback, and the cancel after it, may each wait.
     within: Duration,
     /// How to cancel a statement that holds the rollback up; `None`: close at once.
     cancel: Option<Cancel>,
@@ -46,15 +48,14 @@ pub struct Txn {
 enum Ended {
     /// Rolled back: the connection can be pooled.
     RolledBack,
-    /// Unknown: the connection must be closed.
+    /// Not rolled back (in time): the connection must be closed.
     Close,
 }
 
 impl Txn {
     /// Takes `client` for a transaction: once it has begun, dropping the `Txn` rolls
     /// it back; a rollback not answered `within` cancels the statement in its way with
-    /// `cancel`, and one still not answered (or without `cancel`) closes the
-    /// connection.
+    /// `cancel` (given as long) and closes the connection.
     pub fn new(client: Object, within: Duration, cancel: Option<Cancel>) -> Txn {
         Txn {
             client: Some(client),
@@ -92,9 +93,7 @@ impl Txn {
 
 /// Rolls back the transaction on `client` (see the module's documentation).
 async fn roll_back(client: &Object, within: Duration, cancel: Option<Cancel>) -> Ended {
-    let rollback = client.batch_execute("ROLLBACK");
-    tokio::pin!(rollback);
-    match tokio::time::timeout(within, &mut rollback).await {
+    match tokio::time::timeout(within, client.batch_execute("ROLLBACK")).await {
         Ok(Ok(())) => return Ended::RolledBack,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "ending a transaction failed");
@@ -106,48 +105,29 @@ async fn roll_back(client: &Object, within: Duration, cancel: Option<Cancel>) ->
     let Some(cancel) = cancel else {
         tracing::warn!(
             within_ms,
-            "a transaction's rollback got no answer in time; closing its connection"
+            "a dropped transaction's rollback got no answer in time; closing its connection"
         );
         return Ended::Close;
     };
     match tokio::time::timeout(within, cancel(client.cancel_token())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cancelling a dropped transaction's statement failed; closing its connection");
-            return Ended::Close;
-        }
-        Err(_) => {
-            tracing::warn!(
-                within_ms,
-                "cancelling a dropped transaction's statement got no answer in time; \
-                 closing its connection"
-            );
-            return Ended::Close;
-        }
+        Ok(Ok(())) => tracing::warn!(
+            within_ms,
+            "a dropped transaction's rollback got no answer in time; cancelled its \
+             statement and closing its connection"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            within_ms,
+            error = %e,
+            "a dropped transaction's rollback got no answer in time, nor could its \
+             statement be cancelled; closing its connection"
+        ),
+        Err(_) => tracing::warn!(
+            within_ms,
+            "a dropped transaction's rollback got no answer in time, nor did the cancel \
+             of its statement; closing its connection"
+        ),
     }
-    // The statement ends with an error of its own (not ours to see); the rollback
-    // queued behind it then runs.
-    match tokio::time::timeout(within, &mut rollback).await {
-        Ok(Ok(())) => {
-            tracing::debug!(
-                within_ms,
-                "a dropped transaction's statement was cancelled and the transaction rolled back"
-            );
-            Ended::RolledBack
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "ending a transaction failed");
-            Ended::Close
-        }
-        Err(_) => {
-            tracing::warn!(
-                within_ms,
-                "a transaction's rollback got no answer in time, even after a cancel; \
-                 closing its connection"
-            );
-            Ended::Close
-        }
-    }
+    Ended::Close
 }
 
 impl Drop for Txn {
@@ -200,6 +180,22 @@ mod tests {
             .get(0)
     }
 
+    /// Asks `client` (another session) `query` about the backend `pid` until it says
+    /// true; fails, naming `what`, if it never does.
+    async fn until(client: &Client, query: &str, pid: i32, what: &str) {
+        for _ in 0..1500 {
+            let row = client.query_one(query, &[&pid]).await.unwrap();
+            if row.get::<_, bool>(0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("backend {pid}: never {what}");
+    }
+
+    const WAITING: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)";
+    const GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)";
+
     /// The temporary table `t` if this session sees it: made inside a transaction, it
     /// is gone once that transaction was rolled back (inside it, or inside what is left
     /// of it after a failed statement, this query would fail or find it).
@@ -213,34 +209,46 @@ mod tests {
 
     /// Begins a transaction on `client` with the limit `within`, makes the temporary
     /// table `t` in it, and starts in it a statement that waits for the advisory lock
-    /// `key` (held elsewhere), its caller giving up on it at once; returns the
-    /// transaction.
-    async fn stuck(client: Object, within: Duration, cancel: Option<Cancel>, key: i64) -> Txn {
+    /// `key` (which `holder` holds), its caller giving up on it once it waits; returns
+    /// the transaction and its backend.
+    async fn stuck(
+        client: Object,
+        within: Duration,
+        cancel: Option<Cancel>,
+        key: i64,
+        holder: &Client,
+    ) -> (Txn, i32) {
         let txn = Txn::new(client, within, cancel);
         txn.begin("BEGIN").await.unwrap();
         txn.client()
             .batch_execute("CREATE TEMP TABLE t (x int)")
             .await
             .unwrap();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-        let wait = txn
+        let pid = backend_pid(txn.client()).await;
+        let lock = txn
             .client()
-            .execute("SELECT pg_advisory_xact_lock($1)", &params);
+            .prepare("SELECT pg_advisory_xact_lock($1)")
+            .await
+            .unwrap();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        // Sent when first polled.
+        let wait = txn.client().execute(&lock, &params);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), wait)
                 .await
                 .is_err(),
             "the lock was free"
         );
-        txn
+        until(holder, WAITING, pid, "waited for the lock").await;
+        (txn, pid)
     }
 
     /// Dropped unfinished, a transaction is rolled back and its connection pooled again.
     /// One whose rollback waits behind a statement past the limit has that statement
-    /// cancelled, then is rolled back and pooled; without a way to cancel, its
-    /// connection is closed and the pool's next one is new.
+    /// cancelled and its connection closed, and its backend ends; without a way to
+    /// cancel, the connection is closed all the same, and the backend waits on.
     #[tokio::test]
-    async fn a_dropped_transaction_rolls_back_cancelling_or_closing_what_holds_it_up() {
+    async fn a_dropped_transaction_rolls_back_or_cancels_and_closes() {
         let Some(config) = settings() else { return };
         let pool = Pool::builder(Manager::new(config.clone(), NoTls))
             .max_size(1)
@@ -285,24 +293,23 @@ mod tests {
         );
         assert_eq!(temp_table(&client).await, None, "not rolled back");
 
-        // Stuck behind a lock wait: cancelled, rolled back, pooled.
-        drop(stuck(client, within, Some(Arc::clone(&cancel)), key).await);
-        let client = next().await;
-        assert_eq!(
-            backend_pid(&client).await,
-            first,
-            "the connection was pooled"
-        );
-        assert_eq!(temp_table(&client).await, None, "not rolled back");
-
-        // The same without a way to cancel: closed.
-        drop(stuck(client, within, None, key).await);
+        // Stuck behind a lock wait: cancelled and closed; the backend ends.
+        let (txn, pid) = stuck(client, within, Some(Arc::clone(&cancel)), key, &holder).await;
+        drop(txn);
         let client = next().await;
         let second = backend_pid(&client).await;
-        assert_ne!(second, first, "the connection was closed");
-        // The closed connection's backend still waits for the lock; end it.
+        assert_ne!(second, pid, "the connection was closed");
+        until(&holder, GONE, pid, "ended after the cancel").await;
+
+        // The same without a way to cancel: closed, and its backend waits on.
+        let (txn, pid) = stuck(client, within, None, key, &holder).await;
+        drop(txn);
+        let client = next().await;
+        assert_ne!(backend_pid(&client).await, pid, "the connection was closed");
+        let row = holder.query_one(WAITING, &[&pid]).await.unwrap();
+        assert!(row.get::<_, bool>(0), "the backend stopped waiting");
         let ended: bool = client
-            .query_one("SELECT pg_terminate_backend($1)", &[&first])
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
             .await
             .unwrap()
             .get(0);
