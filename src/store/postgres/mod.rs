@@ -514,7 +514,7 @@ impl Shared {
 
     /// A pooled connection for a transaction (see [`Shared::connection`]); dropped
     /// unfinished, its rollback waits `answer_within` before it cancels what is in its
-    /// way, and as long again before it closes the connection ([`txn`]).
+    /// way (the cancel given as long again) and closes the connection ([`txn`]).
     async fn transaction(&self) -> Result<txn::Txn, StoreError> {
         Ok(txn::Txn::new(
             self.connection().await?,
