@@ -101,32 +101,20 @@ async fn roll_back(client: &Object, within: Duration, cancel: Option<Cancel>) ->
         }
         Err(_) => {}
     }
-    let within_ms = within.as_millis() as u64;
-    let Some(cancel) = cancel else {
-        tracing::warn!(
-            within_ms,
-            "a dropped transaction's rollback got no answer in time; closing its connection"
-        );
-        return Ended::Close;
+    let cancel = match cancel {
+        None => "none sent".to_owned(),
+        Some(cancel) => match tokio::time::timeout(within, cancel(client.cancel_token())).await {
+            Ok(Ok(())) => "sent".to_owned(),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "not answered in time".to_owned(),
+        },
     };
-    match tokio::time::timeout(within, cancel(client.cancel_token())).await {
-        Ok(Ok(())) => tracing::warn!(
-            within_ms,
-            "a dropped transaction's rollback got no answer in time; cancelled its \
-             statement and closing its connection"
-        ),
-        Ok(Err(e)) => tracing::warn!(
-            within_ms,
-            error = %e,
-            "a dropped transaction's rollback got no answer in time, nor could its \
-             statement be cancelled; closing its connection"
-        ),
-        Err(_) => tracing::warn!(
-            within_ms,
-            "a dropped transaction's rollback got no answer in time, nor did the cancel \
-             of its statement; closing its connection"
-        ),
-    }
+    tracing::warn!(
+        within_ms = within.as_millis() as u64,
+        cancel = %cancel,
+        "a dropped transaction's rollback got no answer in time; closing its connection \
+         (its statement's cancel: see `cancel`)"
+    );
     Ended::Close
 }
 
